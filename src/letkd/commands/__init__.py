@@ -1,0 +1,1 @@
+"""Sub-commands of the ``letkd`` CLI, one module each (see :mod:`letkd.cli`)."""

@@ -1,0 +1,201 @@
+"""Typed run configuration: YAML files validated by pydantic, plus dotted ``key=value`` overrides.
+
+Configs are data: they name models, datasets and methods by registry name; nothing in them is
+imported or evaluated. Unknown keys are errors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Dataset and loader settings."""
+
+    name: str = "digits"
+    root: str | None = None
+    batch_size: int = Field(64, ge=1)
+    test_batch_size: int = Field(100, ge=1)
+    num_workers: int | None = Field(None, ge=0, description="None = choose from the CPU count")
+    train_subset: int | None = Field(None, ge=1, description="use a seeded random subset of N training images")
+    test_subset: int | None = Field(None, ge=1, description="use the first N test images")
+    augment: bool = True
+    drop_last: bool = True
+
+
+class ModelConfig(_Strict):
+    """A network from the zoo (``resnet20``, ``torchvision:resnet18``, ``timm:...``)."""
+
+    name: str = "resnet8"
+    num_classes: int | None = Field(None, ge=1, description="None = the dataset's number of classes")
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TeacherConfig(ModelConfig):
+    """The teacher: a checkpoint to load, or (``train_config``) a config to train it with first."""
+
+    name: str = "resnet56"
+    train_config: str | None = Field(None, description="path of a config that trains this teacher")
+    check_accuracy: bool = True
+
+
+class MethodConfig(_Strict):
+    """The distillation method by registry name; ``params`` are validated by the method itself."""
+
+    name: str = "vanilla"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SupervisionConfig(_Strict):
+    """How teacher-side supervision (codebooks, sub-classes) is fitted offline."""
+
+    cache_dir: str = "artifacts"
+    kmeans_iters: int = Field(20, ge=1)
+    max_rows: int | None = Field(None, ge=1, description="seeded row subsample for K-means; None = faiss default")
+    extract_batch_size: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, set per epoch (``step``: multiply by gamma at each milestone)."""
+
+    type: Literal["step", "cosine", "constant"] = "step"
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr: float = 0.0
+
+
+class TrainConfig(_Strict):
+    """Optimisation and runtime settings (defaults: the paper's CIFAR-100 recipe, SPEC §4.4)."""
+
+    epochs: int = Field(240, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    deterministic: bool = False
+    sync_bn: bool = False
+    grad_clip: float | None = None
+    eval_every: int = Field(1, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap training steps per epoch")
+    progress: bool = True
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as False
+        return "off" if v is False else v
+
+
+class RunConfig(_Strict):
+    """A whole run: data, student model, optional teacher, method, supervision and training."""
+
+    name: str | None = None
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    teacher: TeacherConfig | None = None
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    supervision: SupervisionConfig = Field(default_factory=SupervisionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (what a run folder stores)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into the key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied (missing sections are created)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = node[part]
+        node[path[-1]] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{loc}'")
+        else:
+            lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    """Validate a plain dict as a :class:`RunConfig`; errors name the offending keys and ``source``."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (``yaml.safe_load``), apply overrides, validate. ``name`` defaults to the file stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    cfg = config_from_dict(data, str(path))
+    if cfg.name is None:
+        cfg.name = path.stem if path.parent.name in ("", ".") else f"{path.parent.name}-{path.stem}"
+    for section in (cfg.teacher,):
+        if section is not None and section.train_config and not Path(section.train_config).is_absolute():
+            section.train_config = str(_resolve_relative(path, section.train_config))
+    return cfg
+
+
+def _resolve_relative(config_path: Path, other: str) -> Path:
+    """Paths inside a config are relative to the working directory if they exist there, else to the file."""
+    p = Path(other)
+    return p if p.exists() else (config_path.parent / p)

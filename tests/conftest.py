@@ -1,0 +1,47 @@
+"""Shared pytest fixtures: reference fixtures folder, deterministic torch, small thread count."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def fixtures_path() -> Path:
+    """``$LETKD_FIXTURES`` or ``../shared/fixtures`` relative to the project root."""
+    env = os.environ.get("LETKD_FIXTURES")
+    return Path(env) if env else ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    path = fixtures_path()
+    if not path.is_dir():
+        pytest.fail(f"reference fixtures not found at {path} (set LETKD_FIXTURES)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def layer_ref(fixtures_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(fixtures_dir / "letkd_layer_reference.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def loss_ref(fixtures_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(fixtures_dir / "baseline_losses_reference.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
