@@ -1,0 +1,207 @@
+"""Named tap points: where features are read (forward hooks) and where KD layers are grafted.
+
+Zoo models carry ``model.taps`` (tap name -> module path) and ``model.feature_stages`` (stage tap paths in
+order). For torchvision and timm models the taps are inferred from the architecture; for anything else pass
+module paths (``model.get_submodule(path)`` must accept them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class UnknownTapError(KeyError, ValueError):
+    """Raised for a tap name or module path that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class TapInferenceError(ValueError):
+    """Raised when no tap points can be inferred for a model; give module paths instead."""
+
+
+def get_taps(model: nn.Module) -> dict[str, str]:
+    """Tap name -> module path: ``model.taps`` for zoo models, inferred for torchvision and timm models.
+
+    Always contains ``"penultimate"`` (output of the last convolutional stage, what the classifier head
+    pools) and ``"intermediate"`` (output of the first block of the last down-sampling stage).
+    Raises :class:`TapInferenceError` when the architecture is not recognised.
+    """
+    taps = getattr(model, "taps", None)
+    if isinstance(taps, dict):
+        return dict(taps)
+    if _has_sequential(model, "layer4"):
+        return _resnet_like_taps(model)
+    if hasattr(model, "feature_info") and hasattr(model, "default_cfg"):
+        return _timm_taps(model)
+    if isinstance(getattr(model, "features", None), nn.Sequential):
+        return _features_taps(model, "features")
+    raise TapInferenceError(
+        f"cannot infer tap points for {type(model).__name__}; pass module paths instead "
+        f"(e.g. one of {', '.join(_sample_paths(model))})"
+    )
+
+
+def feature_stages(model: nn.Module) -> list[str]:
+    """Module paths of the model's feature stages in forward order (e.g. FitNet/AT hint points)."""
+    stages = getattr(model, "feature_stages", None)
+    if stages is not None:
+        return list(stages)
+    taps = get_taps(model)
+    return [taps[k] for k in sorted((k for k in taps if k.startswith("stage")), key=lambda k: int(k[5:]))]
+
+
+def resolve_tap(model: nn.Module, name_or_path: str) -> str:
+    """Module path for a tap name (``"penultimate"``) or an existing module path (``"layer3.0"``)."""
+    try:
+        taps = get_taps(model)
+    except TapInferenceError:
+        taps = {}
+    if name_or_path in taps:
+        return taps[name_or_path]
+    if name_or_path:
+        try:
+            model.get_submodule(name_or_path)
+            return name_or_path
+        except AttributeError:
+            pass
+    names = ", ".join(sorted(taps)) or "(none known for this model)"
+    raise UnknownTapError(
+        f"{name_or_path!r} is neither a tap name nor a module path of {type(model).__name__}; "
+        f"tap names: {names}; module paths include: {', '.join(_sample_paths(model))}"
+    )
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook to end a forward pass once the wanted feature is recorded."""
+
+
+@torch.no_grad()
+def feature_shape(
+    model: nn.Module, tap: str, input_size: tuple[int, int, int] = (3, 32, 32)
+) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the output of ``tap`` (name or path) for one input of shape ``input_size``.
+
+    Runs a dummy forward in eval mode (the model's mode is restored) and stops right after the tap.
+    """
+    path = resolve_tap(model, tap)
+    module = model.get_submodule(path)
+    captured: list[torch.Tensor] = []
+
+    def hook(_mod: nn.Module, _inp, out) -> None:
+        captured.append(out[0] if isinstance(out, (tuple, list)) else out)
+        raise _StopForward
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    was_training = model.training
+    handle = module.register_forward_hook(hook)
+    model.eval()
+    try:
+        model(torch.zeros(1, *input_size, device=device, dtype=dtype))
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not captured:
+        raise RuntimeError(f"module {path!r} was not called during the forward pass")
+    shape = tuple(captured[0].shape[1:])
+    if len(shape) != 3:
+        raise ValueError(f"tap {path!r} outputs shape {tuple(captured[0].shape)}, not a (B, C, H, W) map")
+    return shape  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# inference for third-party models
+
+
+def _has_sequential(model: nn.Module, name: str) -> bool:
+    return isinstance(getattr(model, name, None), nn.Sequential) and len(getattr(model, name)) > 0
+
+
+def _resnet_like_taps(model: nn.Module) -> dict[str, str]:
+    """torchvision / timm ResNet family: stages ``layer1..4``; penultimate ``layer4``, intermediate ``layer4.0``."""
+    taps: dict[str, str] = {}
+    for stem in ("relu", "act1"):
+        if isinstance(getattr(model, stem, None), nn.Module):
+            taps["stem"] = stem
+            break
+    for i in range(1, 5):
+        if _has_sequential(model, f"layer{i}"):
+            taps[f"stage{i}"] = f"layer{i}"
+    taps["intermediate"] = "layer4.0"
+    taps["penultimate"] = "layer4"
+    if isinstance(getattr(model, "fc", None), nn.Module):
+        taps["classifier"] = "fc"
+    return taps
+
+
+def _timm_taps(model: nn.Module) -> dict[str, str]:
+    """timm models: stages from ``feature_info``; intermediate = block of the last strided conv/pool."""
+    info = [entry for entry in model.feature_info if entry.get("module")]
+    if not info:
+        raise TapInferenceError(f"timm model {type(model).__name__} has no feature_info; pass module paths")
+    taps: dict[str, str] = {}
+    stages = [e["module"] for e in info if e.get("reduction", 4) >= 4]
+    stems = [e["module"] for e in info if e.get("reduction", 4) < 4]
+    if stems:
+        taps["stem"] = stems[-1]
+    for i, path in enumerate(stages, start=1):
+        taps[f"stage{i}"] = path
+    taps["intermediate"] = _last_downsampling_block(model, "")
+    taps["penultimate"] = info[-1]["module"]
+    return taps
+
+
+def _features_taps(model: nn.Module, features: str) -> dict[str, str]:
+    """Models with a ``features`` Sequential (torchvision MobileNet, EfficientNet, …)."""
+    return {
+        "intermediate": _last_downsampling_block(model, features),
+        "penultimate": features,
+    }
+
+
+def _last_downsampling_block(model: nn.Module, within: str) -> str:
+    """Path of the block holding the last strided conv/pool under ``within`` (registration order).
+
+    The block is found by walking that layer's path from the root: after entering a Sequential/ModuleList
+    by index, keep descending only while the child is itself a sequence of composite blocks (a stage).
+    """
+    root = model.get_submodule(within) if within else model
+    strided = None
+    for name, mod in root.named_modules():
+        stride = getattr(mod, "stride", 1)
+        stride = max(stride) if isinstance(stride, (tuple, list)) else stride
+        if isinstance(mod, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and stride and stride > 1:
+            strided = name
+    if strided is None:
+        raise TapInferenceError(
+            f"no down-sampling layer found in {type(model).__name__}; pass module paths instead"
+        )
+    full = f"{within}.{strided}" if within else strided
+    current: nn.Module = model
+    path: list[str] = []
+    for part in full.split("."):
+        child = current.get_submodule(part)
+        path.append(part)
+        if isinstance(current, (nn.Sequential, nn.ModuleList)) and not _is_stage(child):
+            break
+        current = child
+    return ".".join(path)
+
+
+def _is_stage(module: nn.Module) -> bool:
+    """A sequence whose children are themselves composite blocks (not conv/bn/act leaves)."""
+    if not isinstance(module, (nn.Sequential, nn.ModuleList)) or len(module) == 0:
+        return False
+    return all(len(list(child.children())) > 0 for child in module)
+
+
+def _sample_paths(model: nn.Module, limit: int = 12) -> list[str]:
+    """A few top-level and second-level module paths, for error messages."""
+    paths = [name for name, _ in model.named_modules() if name and name.count(".") <= 1]
+    return paths[:limit] + (["…"] if len(paths) > limit else [])
