@@ -56,7 +56,8 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any
     Accepts ``{"model": sd, ...}`` (RepDistiller/CRD, letkd), ``{"network": sd, ...}`` (letKD/QuEST
     reference), ``{"state_dict": sd}`` and a bare state_dict. Wrapper prefixes (``module.``) are removed.
     Metadata keeps the other entries that hold no bulky tensors (optimizer states are dropped); one-element
-    tensors such as RepDistiller's ``accuracy`` become Python numbers. ``metadata["format"]`` names the layout.
+    tensors such as RepDistiller's ``accuracy`` become Python numbers; ``metadata["format"]`` names
+    the layout.
     """
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a dict of tensors")

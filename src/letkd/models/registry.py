@@ -39,7 +39,7 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
-    """Build a model by registry name, with random weights; ``forward(x)`` returns logits ``(B, num_classes)``.
+    """Build a model by registry name with random weights; ``forward(x)`` returns logits ``(B, num_classes)``.
 
     ``name`` is a zoo name (see :func:`list_models`), ``torchvision:<name>`` (any torchvision classification
     model, ``weights=None`` unless given in ``kwargs``) or ``timm:<name>`` (``pretrained=False`` unless given;
@@ -75,9 +75,7 @@ def _create_timm(name: str, num_classes: int, **kwargs) -> nn.Module:
     try:
         import timm
     except ImportError as exc:
-        raise ImportError(
-            f"model 'timm:{name}' needs the timm package: pip install letkd[timm]"
-        ) from exc
+        raise ImportError(f"model 'timm:{name}' needs the timm package: pip install letkd[timm]") from exc
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:20]
         hint = f"; similar names: {', '.join(close)}" if close else ""

@@ -20,7 +20,7 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """conv3×3(stride)-BN-ReLU-conv3×3-BN + shortcut, then ReLU: ``(B, in, H, W) -> (B, planes, H/s, W/s)``."""
+    """conv3×3(s)-BN-ReLU-conv3×3-BN + shortcut, then ReLU: ``(B, in, H, W) -> (B, planes, H/s, W/s)``."""
 
     expansion = 1
 
@@ -85,9 +85,10 @@ class ResNetCifar(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+            out_planes = planes * BasicBlock.expansion
             downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * BasicBlock.expansion, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * BasicBlock.expansion),
+                nn.Conv2d(self.inplanes, out_planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_planes),
             )
         layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * BasicBlock.expansion

@@ -124,7 +124,7 @@ def _has_sequential(model: nn.Module, name: str) -> bool:
 
 
 def _resnet_like_taps(model: nn.Module) -> dict[str, str]:
-    """torchvision / timm ResNet family: stages ``layer1..4``; penultimate ``layer4``, intermediate ``layer4.0``."""
+    """torchvision/timm ResNets: stages ``layer1..4``, penultimate ``layer4``, intermediate ``layer4.0``."""
     taps: dict[str, str] = {}
     for stem in ("relu", "act1"):
         if isinstance(getattr(model, stem, None), nn.Module):
