@@ -1,6 +1,16 @@
 """Model zoo (RepDistiller CIFAR names, ``torchvision:<name>``, ``timm:<name>``), tap points, checkpoints."""
 
-from letkd.models import resnet  # noqa: F401  (registers the zoo)
+# Importing the architecture modules registers the zoo.
+from letkd.models import (  # noqa: F401
+    mobilenet_imagenet,
+    mobilenetv2,
+    resnet,
+    resnetv2,
+    shufflenetv1,
+    shufflenetv2,
+    vgg,
+    wrn,
+)
 from letkd.models.checkpoint import CheckpointError, load_weights, read_checkpoint, save_weights
 from letkd.models.registry import UnknownModelError, create_model, list_models, register_model
 from letkd.models.taps import (
