@@ -87,6 +87,9 @@ class TrainConfig(_Strict):
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = Field(
+        True, description="weight decay also on biases, norm weights and scales (the paper's choice)"
+    )
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
@@ -98,6 +101,7 @@ class TrainConfig(_Strict):
     eval_every: int = Field(1, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap training steps per epoch")
     progress: bool = True
+    tensorboard: bool = True
 
     @field_validator("amp", mode="before")
     @classmethod

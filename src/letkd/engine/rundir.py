@@ -1,0 +1,101 @@
+"""The run folder: resolved config, per-epoch metrics (JSON lines + TensorBoard) and the final summary.
+
+Layout::
+
+    runs/<config name>/<timestamp>/
+        config.yaml      the resolved config (after overrides)
+        metrics.jsonl    one JSON object per epoch
+        tb/              TensorBoard event files
+        last.pt best.pt  checkpoints (see letkd.engine.checkpoint)
+        summary.json     written when the run ends
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from letkd.config import RunConfig
+from letkd.utils import atomic_write_text
+
+LAST = "last.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+
+
+def default_run_dir(cfg: RunConfig, base: str | Path = "runs") -> Path:
+    """``<base>/<config name>/<YYYYmmdd-HHMMSS>`` (a numeric suffix is added if that folder exists)."""
+    root = Path(base) / (cfg.name or "run")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate, n = root / stamp, 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"{stamp}-{n}"
+    return candidate
+
+
+def latest_run_dir(cfg: RunConfig, base: str | Path = "runs") -> Path | None:
+    """The most recent folder under ``<base>/<config name>/`` holding a ``last.pt`` (None if there is none)."""
+    root = Path(base) / (cfg.name or "run")
+    runs = sorted((p for p in root.glob("*") if (p / LAST).is_file()), key=lambda p: (p / LAST).stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunLogger:
+    """Writes the run folder's text files and TensorBoard events (create it on rank 0 only)."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._tensorboard = tensorboard
+        self._writer = None
+
+    def write_config(self, cfg: RunConfig) -> Path:
+        """Save the resolved config as ``config.yaml``."""
+        return atomic_write_text(self.run_dir / CONFIG, cfg.to_yaml())
+
+    def reset_history(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` from a checkpoint's history (on resume: drops epochs that will be redone)."""
+        text = "".join(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n" for row in history)
+        atomic_write_text(self.run_dir / METRICS, text)
+        self._open_tensorboard(purge_step=len(history))
+
+    def _open_tensorboard(self, purge_step: int | None = None) -> None:
+        if not self._tensorboard or self._writer is not None:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """Append one epoch's metrics to ``metrics.jsonl`` and TensorBoard (step = epoch)."""
+        with open(self.run_dir / METRICS, "a") as fh:
+            fh.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+        self._open_tensorboard()
+        if self._writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(key, value, row["epoch"])
+            self._writer.flush()
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """Save ``summary.json``."""
+        return atomic_write_text(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+    def close(self) -> None:
+        """Flush and close TensorBoard."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,45 @@
+"""Per-epoch learning-rate schedules (the LR is set once at the start of every epoch).
+
+The paper's recipe (SPEC §4.4) is a look-up table by epoch: ``lr · gamma^(number of milestones passed)``;
+``cosine`` and ``constant`` are the usual alternatives, each optionally preceded by a linear warm-up.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+import torch
+
+from letkd.config import TrainConfig
+
+
+def lr_at_epoch(train: TrainConfig, epoch: int) -> float:
+    """The learning rate used for the whole of ``epoch`` (0-based) under ``train.schedule``.
+
+    ``step``: ``lr · gamma^k`` where ``k`` counts the milestones ``<= epoch`` (lr 0.05, milestones
+    150/180/210, gamma 0.1 → epoch 149: 0.05, 150: 0.005, 180: 5e-4, 210: 5e-5).
+    ``cosine``: from ``lr`` down to ``min_lr`` over the epochs after the warm-up.
+    Warm-up: during the first ``warmup_epochs`` epochs the value is scaled by ``(epoch + 1) / (warmup_epochs + 1)``.
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    sched = train.schedule
+    if sched.type == "step":
+        passed = bisect.bisect_right(sorted(sched.milestones), epoch)
+        lr = train.lr * sched.gamma**passed
+    elif sched.type == "cosine":
+        span = max(1, train.epochs - sched.warmup_epochs)
+        progress = min(1.0, max(0, epoch - sched.warmup_epochs) / span)
+        lr = sched.min_lr + (train.lr - sched.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:  # constant
+        lr = train.lr
+    if epoch < sched.warmup_epochs:
+        lr *= (epoch + 1) / (sched.warmup_epochs + 1)
+    return lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set ``lr`` on every parameter group of ``optimizer``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,498 @@
+"""The training loop: epochs of SGD over a :class:`~letkd.methods.base.Distiller`, evaluation, checkpoints.
+
+One :class:`Trainer` runs on every process of a ``torchrun`` job; rank 0 alone writes files and shows progress.
+Every epoch ``e`` (0-based) seeds its randomness (shuffle order, augmentation, dropout) from
+``(cfg.seed, e, rank)``, sets the learning rate from the schedule once, trains, evaluates the student on the
+test set and writes ``last.pt`` (and ``best.pt`` when top-1 improved) before logging the epoch — so a run
+killed at any moment resumes from ``last.pt`` and ends with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from letkd.config import RunConfig, TrainConfig
+from letkd.engine import distributed as dist_utils
+from letkd.engine.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from letkd.engine.distributed import DistInfo
+from letkd.engine.metrics import SumMeter, topk_correct
+from letkd.engine.rundir import BEST, LAST, RunLogger
+from letkd.engine.schedule import lr_at_epoch, set_lr
+from letkd.methods.base import Distiller
+from letkd.utils import seed_everything
+
+PROGRESS_EVERY = 10  # steps between progress-bar text updates (formatting costs a little)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops and ``last.pt`` keeps the last good epoch."""
+
+    def __init__(self, epoch: int, step: int, losses: dict[str, float]) -> None:
+        self.epoch, self.step, self.losses = epoch, step, losses
+        parts = ", ".join(f"{k}={v}" for k, v in losses.items())
+        super().__init__(
+            f"non-finite loss at epoch {epoch}, step {step} ({parts}); stopping. "
+            "last.pt still holds the last completed epoch — lower train.lr or enable train.grad_clip."
+        )
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A well-mixed 32-bit seed for one (run seed, epoch, rank)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def build_optimizer(params: list[nn.Parameter], train: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum/Nesterov; weight decay on every trained parameter (the paper's choice, SPEC Q9)
+    unless ``train.decay_norm_and_bias`` is false, which exempts 1-D parameters (biases, norms, scales)."""
+    kwargs = {"lr": train.lr, "momentum": train.momentum, "nesterov": train.nesterov and train.momentum > 0}
+    if train.decay_norm_and_bias:
+        return torch.optim.SGD(params, weight_decay=train.weight_decay, **kwargs)
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD([g for g in groups if g["params"]], **kwargs)
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"}; a no-op context for "off"."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    device: torch.device,
+    amp: str = "off",
+    channels_last: bool = False,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``forward(images) -> logits (B, classes)``.
+
+    Under DDP the sums are all-reduced, so every rank returns the accuracy on the whole test set.
+    """
+    meter = SumMeter()
+    batches = tqdm(loader, desc="eval", leave=False, file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    for batch in batches:
+        images, labels = _to_device(batch, device, channels_last)
+        with autocast_context(device, amp):
+            logits = forward(images)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct = topk_correct(logits, labels, (1, 5))
+        stats = torch.cat([loss.reshape(1), correct]).tolist()
+        meter.add({"loss": stats[0], "top1": stats[1], "top5": stats[2]}, labels.shape[0])
+    meter.all_reduce(device)
+    return {
+        "top1": 100.0 * meter.mean("top1"),
+        "top5": 100.0 * meter.mean("top5"),
+        "loss": meter.mean("loss"),
+        "count": meter.count,
+    }
+
+
+def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = batch[0], batch[1]
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.ndim == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, torch.as_tensor(labels).to(device, non_blocking=True)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def graft_spec_of(student: nn.Module) -> list:
+    """The KD layers grafted into ``student`` (``letkd.graft.graft_spec``), or ``[]`` without grafting support."""
+    try:
+        from letkd.graft import graft_spec
+    except ImportError:
+        return []
+    return list(graft_spec(student))
+
+
+class Trainer:
+    """Trains ``distiller`` for ``cfg.train.epochs`` epochs; :meth:`fit` returns the run summary.
+
+    ``train_loader`` must use a sampler with ``set_epoch`` (see :mod:`letkd.engine.loaders`). Batches are
+    ``(images (B, 3, H, W), labels (B,), ...)``. Under ``torchrun`` the process group must already be
+    initialised (:func:`letkd.engine.distributed.init_distributed`); the distiller is then wrapped in
+    DistributedDataParallel (the frozen teacher holds no trainable parameters and is not synchronised).
+    """
+
+    def __init__(
+        self,
+        distiller: Distiller,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        train_loader: DataLoader,
+        test_loader: DataLoader,
+        device: torch.device | str,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.info: DistInfo = dist_utils.current_info()
+        self.train_loader, self.test_loader = train_loader, test_loader
+        tc = cfg.train
+        self.distiller = self._prepare(distiller)
+        self.trainable = list(self.distiller.trainable_parameters())
+        if not self.trainable:
+            raise ValueError("the distiller has no trainable parameters")
+        self.optimizer = build_optimizer(self.trainable, tc)
+        self.scaler = torch.amp.GradScaler("cuda") if tc.amp == "fp16" and self.device.type == "cuda" else None
+        self.model: nn.Module = self.distiller
+        if self.info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(
+                self.distiller,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(self.distiller, "find_unused_parameters", False)),
+            )
+        self.meta = self._default_meta() | (meta or {})
+        self.last_epoch = -1  # last completed epoch (0-based)
+        self.best_top1 = -math.inf
+        self.best_epoch = -1
+        self.history: list[dict[str, Any]] = []
+        self.wall_seconds = 0.0
+        self.logger = RunLogger(self.run_dir) if self.info.is_main else None
+        self._step = 0
+
+    # ----------------------------------------------------------------------------------------- set-up
+    def _prepare(self, distiller: Distiller) -> Distiller:
+        tc = self.cfg.train
+        distiller = distiller.to(self.device)
+        if tc.channels_last:
+            distiller = distiller.to(memory_format=torch.channels_last)
+        if tc.sync_bn and self.info.enabled:
+            if self.device.type == "cuda":
+                for name, child in list(distiller.named_children()):
+                    if name != "teacher":
+                        setattr(distiller, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+            else:
+                self._print("train.sync_bn needs CUDA; using per-process BatchNorm statistics")
+        if tc.compile:
+            distiller.student.compile()  # in place: state_dict keys stay unchanged
+        return distiller
+
+    def _default_meta(self) -> dict[str, Any]:
+        sample = self.test_loader.dataset[0][0]
+        return {
+            "model_name": self.cfg.model.name,
+            "num_classes": self.cfg.model.num_classes,
+            "input_size": list(sample.shape),
+            "method": self.cfg.method.name,
+            "dataset": self.cfg.data.name,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def _print(self, message: str) -> None:
+        if self.info.is_main:
+            tqdm.write(message, file=sys.stderr)
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (see :mod:`letkd.engine.checkpoint`)."""
+        aux = {
+            k: v
+            for k, v in self.distiller.state_dict().items()
+            if not (k.startswith("student.") or k.startswith("teacher."))
+        }
+        return {
+            "model": self.distiller.student.state_dict(),
+            "distiller": aux,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {
+                "type": self.cfg.train.schedule.type,
+                "next_epoch": self.last_epoch + 1,
+                "lr": self.optimizer.param_groups[0]["lr"],
+            },
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.last_epoch,
+            "best_top1": self.best_top1 if math.isfinite(self.best_top1) else None,
+            "best_epoch": self.best_epoch,
+            "wall_seconds": self.wall_seconds,
+            "rng": capture_rng_state(),
+            "metrics": self.history,
+            "meta": self.meta | {"grafts": graft_spec_of(self.distiller.student)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (model, auxiliary modules, optimizer, counters, RNG, history)."""
+        full = self.distiller.state_dict()
+        full.update({f"student.{k}": v for k, v in state["model"].items()})
+        full.update(state.get("distiller", {}))
+        try:
+            self.distiller.load_state_dict(full, strict=True)
+            self.distiller.student.load_state_dict(state["model"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint does not match this model/method: {exc}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.last_epoch = int(state["epoch"])
+        self.best_top1 = state["best_top1"] if state.get("best_top1") is not None else -math.inf
+        self.best_epoch = int(state.get("best_epoch", -1))
+        self.wall_seconds = float(state.get("wall_seconds", 0.0))
+        self.history = list(state.get("metrics", []))
+        if "rng" in state:
+            restore_rng_state(state["rng"])
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Load ``path`` (default ``run_dir/last.pt``); return the epoch training continues with.
+
+        A missing or unreadable checkpoint raises :class:`CheckpointError` (never a silent fresh start).
+        """
+        path = Path(path) if path is not None else self.run_dir / LAST
+        if not path.is_file():
+            raise CheckpointError(f"cannot resume: no checkpoint at {path}")
+        state = load_checkpoint(path)
+        self.load_state_dict(state)
+        interrupted = state["meta"].get("interrupted")
+        self._print(
+            f"resuming from {path}: {self.last_epoch + 1} epoch(s) done"
+            + (f" (interrupted in epoch {interrupted['epoch']}, which restarts)" if interrupted else "")
+        )
+        return self.last_epoch + 1
+
+    def _save(self, improved: bool, interrupted: dict[str, int] | None = None) -> None:
+        if not self.info.is_main:
+            return
+        state = self.state_dict()
+        if interrupted is not None:
+            state["meta"]["interrupted"] = interrupted
+        paths = [self.run_dir / LAST] + ([self.run_dir / BEST] if improved else [])
+        save_checkpoint(state, *paths)
+
+    # -------------------------------------------------------------------------------------- training
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs and return the summary (also written to ``summary.json``)."""
+        cfg = self.cfg
+        if self.logger is not None:
+            self.logger.write_config(cfg)
+            self.logger.reset_history(self.history)
+        epoch = self.last_epoch + 1
+        try:
+            for epoch in range(self.last_epoch + 1, cfg.train.epochs):
+                self._run_epoch(epoch)
+        except NonFiniteLossError as exc:
+            self._print(str(exc))
+            self._finish(status="diverged", error=str(exc))
+            raise
+        except KeyboardInterrupt:
+            self._save(improved=False, interrupted={"epoch": epoch, "step": self._step})
+            self._print(f"interrupted in epoch {epoch}; saved {self.run_dir / LAST} (resume with --resume)")
+            self._finish(status="interrupted")
+            raise
+        return self._finish(status="completed")
+
+    def _run_epoch(self, epoch: int) -> None:
+        t0 = time.perf_counter()
+        lr = lr_at_epoch(self.cfg.train, epoch)
+        set_lr(self.optimizer, lr)
+        train_stats, train_seconds = self._train_epoch(epoch)
+        evaluate_now = (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.train.epochs
+        test = self._evaluate() if evaluate_now else None
+        improved = test is not None and test["top1"] > self.best_top1
+        if improved:
+            self.best_top1, self.best_epoch = test["top1"], epoch
+        seconds = time.perf_counter() - t0
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, **train_stats}
+        row.update(
+            {
+                "test_top1": test["top1"] if test else None,
+                "test_top5": test["top5"] if test else None,
+                "test_loss": test["loss"] if test else None,
+                "images_per_second": train_stats["train_images"] / max(train_seconds, 1e-9),
+                "seconds": seconds,
+            }
+        )
+        self.history.append(row)
+        self.last_epoch = epoch
+        self.wall_seconds += seconds
+        self._save(improved)  # checkpoint first: a kill before logging still resumes consistently
+        if self.logger is not None:
+            self.logger.log_epoch(row)
+            best = f"best {self.best_top1:.2f}" if self.best_epoch >= 0 else ""
+            top = f"test top-1 {test['top1']:.2f}  " if test else ""
+            self._print(
+                f"epoch {epoch + 1}/{self.cfg.train.epochs}  lr {lr:.3g}  loss {row['train_loss']:.4f}  "
+                f"train top-1 {row['train_top1']:.2f}  {top}{best}  {row['images_per_second']:.0f} img/s"
+            )
+
+    def _seed_epoch(self, epoch: int) -> None:
+        seed = epoch_seed(self.cfg.seed, epoch, self.info.rank)
+        seed_everything(seed)
+        sampler = self.train_loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        if self.train_loader.generator is not None:
+            self.train_loader.generator.manual_seed(seed)
+
+    def _batches(self, epoch: int) -> Iterator[tuple[int, Any]]:
+        limit = self.cfg.train.max_steps_per_epoch
+        for step, batch in enumerate(self.train_loader):
+            if limit is not None and step >= limit:
+                break
+            yield step, batch
+
+    def _steps_in_epoch(self) -> int:
+        n = len(self.train_loader)
+        limit = self.cfg.train.max_steps_per_epoch
+        return min(n, limit) if limit is not None else n
+
+    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
+        tc = self.cfg.train
+        self._seed_epoch(epoch)
+        if hasattr(self.distiller, "set_epoch"):
+            self.distiller.set_epoch(epoch)
+        self.distiller.train()
+        meter = SumMeter()
+        names: list[str] = []
+        bar = tqdm(
+            total=self._steps_in_epoch(),
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=not (tc.progress and self.info.is_main),
+        )
+        pending: tuple[int, torch.Tensor] | None = None
+        t0 = time.perf_counter()
+        self._step = 0
+        for step, batch in self._batches(epoch):
+            self._step = step
+            images, labels = _to_device(batch, self.device, tc.channels_last)
+            with autocast_context(self.device, tc.amp):
+                logits, losses = self.model(images, labels)
+            if not names:
+                names = list(losses)
+            total = torch.stack([v.float() for v in losses.values()]).sum()
+            n = labels.shape[0]
+            with torch.no_grad():
+                correct = (logits.argmax(dim=1) == labels).sum().float()
+                stats = torch.stack([total.detach() * n, *(v.detach().float() * n for v in losses.values())])
+                stats = torch.cat([stats, correct.reshape(1), stats.new_tensor([n])])
+                if self.info.enabled:
+                    torch.distributed.all_reduce(stats)  # every rank sees the same sums: same NaN decision
+            self.optimizer.zero_grad(set_to_none=True)
+            self._backward_and_step(total)
+            # read the previous step's numbers now: the device has already queued this step's work
+            if pending is not None:
+                self._consume(pending, epoch, names, meter, bar)
+            pending = (step, stats)
+        if pending is not None:
+            self._consume(pending, epoch, names, meter, bar)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        if meter.count == 0:
+            raise RuntimeError("the training loader produced no batch (dataset smaller than one batch?)")
+        out = {"train_loss": meter.mean("loss")}
+        out.update({name: meter.mean(name) for name in names})
+        out["train_top1"] = 100.0 * meter.mean("correct")
+        out["train_images"] = meter.count
+        return out, seconds
+
+    def _backward_and_step(self, total: torch.Tensor) -> None:
+        clip = self.cfg.train.grad_clip
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            if clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.trainable, clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return
+        total.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(self.trainable, clip)
+        self.optimizer.step()
+
+    def _consume(
+        self, pending: tuple[int, torch.Tensor], epoch: int, names: list[str], meter: SumMeter, bar: tqdm
+    ) -> None:
+        step, stats = pending
+        values = stats.tolist()
+        n = values[-1]
+        if not all(math.isfinite(v) for v in values[: len(names) + 1]):
+            raise NonFiniteLossError(epoch, step, {k: v / n for k, v in zip(["loss", *names], values)})
+        meter.add({"loss": values[0], **dict(zip(names, values[1:-2])), "correct": values[-2]}, int(n))
+        bar.update(1)
+        if step % PROGRESS_EVERY == 0:
+            elapsed = bar.format_dict.get("elapsed", 0) or 1e-9
+            bar.set_postfix(
+                loss=f"{meter.mean('loss'):.3f}",
+                acc=f"{100 * meter.mean('correct'):.1f}",
+                img_s=f"{meter.count / elapsed:.0f}",
+                refresh=False,
+            )
+
+    def _evaluate(self) -> dict[str, float]:
+        dist_utils.broadcast_buffers(self.distiller)  # every rank evaluates rank 0's BN statistics
+        self.distiller.eval()
+        tc = self.cfg.train
+        return evaluate(
+            self.distiller.forward_test,
+            self.test_loader,
+            self.device,
+            tc.amp,
+            tc.channels_last,
+            progress=tc.progress and self.info.is_main,
+        )
+
+    # ---------------------------------------------------------------------------------------- summary
+    def _finish(self, status: str, error: str | None = None) -> dict[str, Any]:
+        done = self.history
+        last_eval = next((r for r in reversed(done) if r.get("test_top1") is not None), None)
+        ips = [r["images_per_second"] for r in done]
+        summary: dict[str, Any] = {
+            "status": status,
+            "method": self.cfg.method.name,
+            "model": self.cfg.model.name,
+            "dataset": self.cfg.data.name,
+            "epochs": self.cfg.train.epochs,
+            "epochs_done": len(done),
+            "best_top1": self.best_top1 if math.isfinite(self.best_top1) else None,
+            "best_epoch": self.best_epoch if self.best_epoch >= 0 else None,
+            "last_top1": last_eval["test_top1"] if last_eval else None,
+            "last_top5": last_eval["test_top5"] if last_eval else None,
+            "wall_seconds": self.wall_seconds,
+            "seconds_per_epoch": self.wall_seconds / len(done) if done else None,
+            "images_per_second": sum(ips) / len(ips) if ips else None,
+            "parameters": count_parameters(self.distiller.student),
+            "extra_parameters": int(self.distiller.extra_parameters()),
+            "device": str(self.device),
+            "world_size": self.info.world_size,
+            "run_dir": str(self.run_dir),
+        }
+        if error is not None:
+            summary["error"] = error
+        if self.logger is not None:
+            self.logger.write_summary(summary)
+            self.logger.close()
+        return summary
