@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
+
+from letkd.config import ConfigError
 
 _METHODS: dict[str, type[Distiller]] = {}
 
@@ -40,6 +45,38 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+@dataclass
+class MethodContext:
+    """What a method needs to know about the run besides its params.
+
+    ``input_size`` is one image ``(C, H, W)``; ``supervision`` holds the teacher-side supervision modules
+    (``Codebook`` / ``SubclassCodebook``), one per entry of ``params["layers"]`` (``None`` where a layer
+    has none), or is ``None`` for methods without layers.
+    """
+
+    num_classes: int
+    input_size: tuple[int, int, int] = (3, 32, 32)
+    epochs: int = 1
+    supervision: list[nn.Module | None] | None = field(default=None)
+
+
+class MethodParams(BaseModel):
+    """Base of every method's ``Params`` model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _format_params_error(method: str, exc: ValidationError) -> str:
+    lines = [f"invalid params for method {method!r}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key 'method.params.{loc}'")
+        else:
+            lines.append(f"  method.params.{loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
 class Distiller(nn.Module):
     """A training method: owns the student, the (frozen) teacher and any auxiliary modules.
 
@@ -49,11 +86,55 @@ class Distiller(nn.Module):
     """
 
     method_name = "base"
+    #: the method's parameter schema (``method.params`` of a config); subclasses define their own
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    #: whether :meth:`from_config` refuses to build without a teacher
+    requires_teacher: ClassVar[bool] = False
+
+    @classmethod
+    def parse_params(cls, params: dict[str, Any] | MethodParams | None) -> MethodParams:
+        """Validate ``method.params`` with :attr:`Params`; errors name the method and the offending keys."""
+        if isinstance(params, cls.Params):
+            return params
+        try:
+            return cls.Params.model_validate(dict(params or {}))
+        except ValidationError as exc:
+            raise ConfigError(_format_params_error(cls.method_name, exc)) from None
+
+    @classmethod
+    def from_config(
+        cls,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        params: dict[str, Any] | MethodParams | None,
+        context: MethodContext,
+    ) -> Distiller:
+        """Build the method from a config's ``method.params`` (validated here) and the run's context.
+
+        Raises :class:`letkd.config.ConfigError` for invalid params, a missing teacher, or (in methods
+        that read features) taps whose shapes do not fit — before any training starts.
+        """
+        parsed = cls.parse_params(params)
+        if cls.requires_teacher and teacher is None:
+            raise ConfigError(
+                f"method {cls.method_name!r} needs a teacher: set the config's 'teacher' section"
+            )
+        return cls.build(student, teacher, parsed, context)
+
+    @classmethod
+    def build(
+        cls, student: nn.Module, teacher: nn.Module | None, params: MethodParams, context: MethodContext
+    ) -> Distiller:
+        """Construct from validated params; methods with their own ``Params`` take ``(params, context)``."""
+        if cls.Params is MethodParams:
+            return cls(student, teacher)
+        return cls(student, teacher, params=params, context=context)
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.student = student
         self.teacher = teacher
+        self.epoch = 0
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
@@ -64,6 +145,10 @@ class Distiller(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()
         return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each training epoch with its 0-based index."""
+        self.epoch = epoch
 
     def forward_train(
         self, images: torch.Tensor, labels: torch.Tensor, **batch
