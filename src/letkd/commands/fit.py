@@ -1,0 +1,121 @@
+"""``letkd fit``: fit (or reuse) the teacher-side supervision artefacts a run config needs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+EPILOG = """\
+The config's method lists its KD layers in method.params.layers; every entry with
+kind: codebook (K-means visual words, letKD-1/QuEST) or kind: subclass (LDA + per-class
+sub-classes, letKD-2) is fitted on the teacher's features over the training split (test
+transform, no augmentation) and saved to supervision.cache_dir. Artefacts already in the
+cache are reused ("cached"). Relevant settings: supervision.kmeans_iters, supervision.seed,
+supervision.max_rows (cap on the rows K-means trains on; default: faiss's K*256 subsample),
+supervision.extract_batch_size, supervision.cache_dir.
+
+examples:
+  letkd fit configs/cifar100/resnet56_resnet20/letkd2.yaml
+  letkd fit my.yaml supervision.max_rows=100000000 --device cuda
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``letkd fit``."""
+    parser = subparsers.add_parser(
+        "fit",
+        help="fit the teacher supervision (codebooks, sub-classes) a config needs",
+        description="Fit, or load from the cache, the teacher-side supervision artefacts of a run config.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="run config (YAML)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. supervision.seed=1"
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="device for the teacher and distance computations (default: train.device; "
+        "'auto' = CUDA if available)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``letkd fit``: returns the exit status."""
+    from letkd.config import ConfigError, load_config
+    from letkd.supervision.build import build_artifact
+    from letkd.supervision.spec import specs_from_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        specs = specs_from_config(cfg)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not specs:
+        print(f"method {cfg.method.name!r} needs no teacher supervision (no method.params.layers entries)")
+        return 0
+    if cfg.teacher is None:
+        print("the config has no teacher section; supervision is fitted on a teacher", file=sys.stderr)
+        return 2
+    teacher, num_classes = _load_teacher(cfg)
+    device = args.device or cfg.train.device
+    progress = not args.no_progress
+    for spec in specs:
+        t0 = time.perf_counter()
+        found = build_artifact(
+            spec,
+            teacher,
+            cfg.teacher.name,
+            cfg.teacher.checkpoint,
+            cfg.data.name,
+            cfg.data.root,
+            cfg.supervision,
+            device,
+            num_classes,
+            progress=progress,
+            teacher_seed=cfg.seed,
+        )
+        print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
+    return 0
+
+
+def _load_teacher(cfg):
+    """The config's teacher (weights loaded strictly when a checkpoint is given) and the class count."""
+    from letkd.data import dataset_info
+    from letkd.models import create_model, load_weights
+    from letkd.utils import seed_everything
+
+    num_classes = cfg.teacher.num_classes or dataset_info(cfg.data.name).num_classes
+    seed_everything(cfg.seed)  # an untrained teacher is identified by its seed
+    teacher = create_model(cfg.teacher.name, num_classes, **cfg.teacher.kwargs)
+    if cfg.teacher.checkpoint:
+        load_weights(teacher, cfg.teacher.checkpoint)
+    return teacher.eval(), num_classes
+
+
+def summary_line(spec, meta: dict, path, cached: bool, seconds: float) -> str:
+    """One line describing a built artefact: kind, tap, rows, size, cluster sizes, time, file."""
+    sizes = (meta.get("fit_info") or {}).get("cluster_sizes") or {}
+    if spec.kind == "codebook":
+        what = f"K={meta.get('num_templates')}"
+    else:
+        what = (
+            f"{meta.get('num_classes')}x{meta.get('subclasses_per_class')} sub-classes, "
+            f"LDA {(meta.get('fit_info') or {}).get('lda_components', '?')}"
+        )
+    sizes_text = (
+        f"sizes min/median/max {sizes.get('min')}/{sizes.get('median')}/{sizes.get('max')}"
+        if sizes
+        else "sizes n/a"
+    )
+    status = "cached" if cached else f"fitted in {meta.get('fit_seconds', seconds):.1f} s"
+    return (
+        f"{spec.kind} {spec.teacher_tap}{' (pool 2x2)' if spec.teacher_pool else ''}: "
+        f"{meta.get('num_rows')} rows x {meta.get('dim')}, {what}, {sizes_text}, {status} -> {path}"
+    )

@@ -1,0 +1,46 @@
+"""Teacher-side supervision: feature extraction, K-means codebooks (letKD-1, QuEST) and sub-class
+codebooks (letKD-2), saved as self-describing artefacts in a cache.
+
+Typical use: ``build_supervision(spec, teacher, ...)`` returns a frozen module whose
+``targets(features[, labels])`` gives per-location target distributions ``(B, K, H, W)``.
+"""
+
+from letkd.supervision.build import build_artifact, build_supervision, teacher_identity
+from letkd.supervision.codebook import Codebook, fit_codebook
+from letkd.supervision.extract import RowFile, extract_rows
+from letkd.supervision.lda import fit_lda, lda_transform
+from letkd.supervision.spec import CodebookSpec, Spec, SubclassSpec, specs_from_config, specs_from_layers
+from letkd.supervision.store import (
+    ArtifactCache,
+    ArtifactMismatchError,
+    CachedArtifact,
+    cache_key,
+    load_artifact,
+    save_artifact,
+)
+from letkd.supervision.subclass import SubclassCodebook, fit_subclasses
+
+__all__ = [
+    "ArtifactCache",
+    "ArtifactMismatchError",
+    "CachedArtifact",
+    "Codebook",
+    "CodebookSpec",
+    "RowFile",
+    "Spec",
+    "SubclassCodebook",
+    "SubclassSpec",
+    "build_artifact",
+    "build_supervision",
+    "cache_key",
+    "extract_rows",
+    "fit_codebook",
+    "fit_lda",
+    "fit_subclasses",
+    "lda_transform",
+    "load_artifact",
+    "save_artifact",
+    "specs_from_config",
+    "specs_from_layers",
+    "teacher_identity",
+]

@@ -1,0 +1,214 @@
+"""Build the supervision module of a spec: reuse the cached artefact, or extract rows, fit and save it.
+
+Cache layout under ``SupervisionConfig.cache_dir``: ``<kind>-<hash>.safetensors`` artefacts (see
+:mod:`letkd.supervision.store`) and ``rows/<hash>/`` feature rows (see :mod:`letkd.supervision.extract`),
+keyed by teacher, tap, pooling and dataset, so a codebook and a sub-class spec on the same tap share one
+extraction.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from letkd.config import SupervisionConfig
+from letkd.supervision.codebook import DEFAULT_MAX_POINTS_PER_CENTROID, fit_codebook
+from letkd.supervision.extract import RowFile, extract_rows, resolve_tap_path
+from letkd.supervision.spec import CodebookSpec, Spec
+from letkd.supervision.store import ArtifactCache, CachedArtifact, cache_key
+from letkd.supervision.subclass import fit_subclasses
+from letkd.utils import sha256_file
+
+EXTRACT_SPLIT = "train"
+EXTRACT_TRANSFORM = "test"
+
+
+def teacher_identity(teacher_name: str, checkpoint: str | os.PathLike | None, seed: int) -> str:
+    """SHA-256 of the checkpoint file, or ``"untrained:<model>:<seed>"`` for a randomly initialised one."""
+    return sha256_file(checkpoint) if checkpoint else f"untrained:{teacher_name}:{seed}"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None → CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def kmeans_points_per_centroid(max_rows: int | None, num_centers: int) -> int | None:
+    """faiss ``max_points_per_centroid`` for a K-means training-set cap of ``max_rows`` rows.
+
+    None (no cap given) → the project default (see docs/supervision.md); a cap ≥ N trains on all rows.
+    """
+    if max_rows is None:
+        return DEFAULT_MAX_POINTS_PER_CENTROID
+    return max(1, math.ceil(max_rows / num_centers))
+
+
+def _rows_key(
+    teacher_id: str, teacher_name: str, module_path: str, pool: bool, dataset: str
+) -> dict[str, Any]:
+    return {
+        "teacher": teacher_id,
+        "teacher_name": teacher_name,
+        "tap": module_path,
+        "pool2x2": bool(pool),
+        "dataset": dataset,
+        "split": EXTRACT_SPLIT,
+        "transform": EXTRACT_TRANSFORM,
+    }
+
+
+def artifact_key(
+    spec: Spec,
+    teacher_id: str,
+    teacher_name: str,
+    module_path: str,
+    dataset_name: str,
+    sup_cfg: SupervisionConfig,
+    num_classes: int,
+) -> dict[str, Any]:
+    """The fields that identify the artefact of ``spec`` (they make its cache key and are checked on load)."""
+    key = {
+        **_rows_key(teacher_id, teacher_name, module_path, spec.teacher_pool, dataset_name),
+        "seed": sup_cfg.seed,
+        "kmeans_iters": sup_cfg.kmeans_iters,
+    }
+    if isinstance(spec, CodebookSpec):
+        key.update(
+            num_templates=spec.num_templates,
+            max_points_per_centroid=kmeans_points_per_centroid(sup_cfg.max_rows, spec.num_templates),
+        )
+    else:
+        key.update(
+            subclasses_per_class=spec.subclasses_per_class,
+            lda_components=spec.lda_components,
+            num_classes=num_classes,
+            max_points_per_centroid=None,
+        )
+    return key
+
+
+def build_artifact(
+    spec: Spec,
+    teacher: nn.Module,
+    teacher_name: str,
+    teacher_checkpoint: str | os.PathLike | None,
+    dataset_name: str,
+    data_root: str | os.PathLike | None,
+    sup_cfg: SupervisionConfig,
+    device: str | torch.device | None,
+    num_classes: int,
+    progress: bool = True,
+    teacher_seed: int | None = None,
+    num_workers: int = 0,
+) -> CachedArtifact:
+    """Like :func:`build_supervision` but returns the module with its metadata, file and ``cached`` flag."""
+    device = resolve_device(device)
+    seed = sup_cfg.seed if teacher_seed is None else teacher_seed
+    teacher_id = teacher_identity(teacher_name, teacher_checkpoint, seed)
+    module_path = resolve_tap_path(teacher, spec.teacher_tap)
+    key = artifact_key(spec, teacher_id, teacher_name, module_path, dataset_name, sup_cfg, num_classes)
+    cache = ArtifactCache(sup_cfg.cache_dir)
+
+    def rows() -> RowFile:
+        folder = (
+            Path(sup_cfg.cache_dir)
+            / "rows"
+            / cache_key(_rows_key(teacher_id, teacher_name, module_path, spec.teacher_pool, dataset_name))[
+                :24
+            ]
+        )
+        try:
+            return RowFile.open(folder)
+        except FileNotFoundError:
+            from letkd.data import create_dataset
+
+            dataset = create_dataset(dataset_name, EXTRACT_SPLIT, root=data_root, transform=EXTRACT_TRANSFORM)
+            return extract_rows(
+                teacher,
+                dataset,
+                module_path,
+                folder,
+                pool2x2=spec.teacher_pool,
+                batch_size=sup_cfg.extract_batch_size,
+                seed=sup_cfg.seed,
+                device=device,
+                progress=progress,
+                num_workers=num_workers,
+            )
+
+    def fit() -> tuple[nn.Module, dict[str, Any]]:
+        data = rows()
+        provenance = {
+            "tap_name": spec.teacher_tap,
+            "num_rows": data.num_rows,
+            "dim": data.dim,
+            "grid": list(data.grid),
+            "num_images": data.meta.get("num_images"),
+        }
+        if isinstance(spec, CodebookSpec):
+            module = fit_codebook(
+                data.rows,
+                spec.num_templates,
+                iters=sup_cfg.kmeans_iters,
+                seed=sup_cfg.seed,
+                max_points_per_centroid=key["max_points_per_centroid"],
+                progress=progress,
+                device=device,
+            )
+        else:
+            module = fit_subclasses(
+                data.rows,
+                data.labels,
+                num_classes,
+                spec.subclasses_per_class,
+                spec.lda_components,
+                iters=sup_cfg.kmeans_iters,
+                seed=sup_cfg.seed,
+                device=device,
+            )
+        return module, provenance
+
+    return cache.get_or_fit(spec.kind, key, fit)
+
+
+def build_supervision(
+    spec: Spec,
+    teacher: nn.Module,
+    teacher_name: str,
+    teacher_checkpoint: str | os.PathLike | None,
+    dataset_name: str,
+    data_root: str | os.PathLike | None,
+    sup_cfg: SupervisionConfig,
+    device: str | torch.device | None,
+    num_classes: int,
+    progress: bool = True,
+    teacher_seed: int | None = None,
+) -> nn.Module:
+    """The :class:`Codebook` or :class:`SubclassCodebook` for ``spec``, from the cache or freshly fitted.
+
+    When the artefact is not cached, the teacher's features at ``spec.teacher_tap`` are extracted over
+    the training split of ``dataset_name`` with the test transform (reusing cached rows of the same tap),
+    fitted, saved in ``sup_cfg.cache_dir`` and returned. ``teacher_checkpoint`` None identifies the teacher
+    as ``untrained:<teacher_name>:<teacher_seed or sup_cfg.seed>``. The module is returned on ``device``.
+    """
+    found = build_artifact(
+        spec,
+        teacher,
+        teacher_name,
+        teacher_checkpoint,
+        dataset_name,
+        data_root,
+        sup_cfg,
+        device,
+        num_classes,
+        progress=progress,
+        teacher_seed=teacher_seed,
+    )
+    return found.module.to(resolve_device(device))

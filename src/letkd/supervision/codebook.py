@@ -1,0 +1,135 @@
+"""Codebook: K-means visual words of teacher features and their soft assignments (letKD-1, QuEST; SPEC §2)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from letkd.supervision.kmeans import DEFAULT_CHUNK, nearest_center, train_kmeans
+
+# faiss's own default: K-means trains on a random subset of K·256 rows (see docs/supervision.md)
+DEFAULT_MAX_POINTS_PER_CENTROID: int | None = 256
+
+
+def as_buffer(value: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A detached copy of an array or tensor with ``dtype``, ready to register as a buffer."""
+    return (
+        torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value).detach().to(dtype).clone()
+    )
+
+
+class Codebook(nn.Module):
+    """Frozen K-means centres ρ (K, D) turning teacher features into per-location soft assignments.
+
+    ``targets(f)`` for features ``f`` (B, D, H, W) returns (B, K, H, W) = softmax over K of
+    −τ·‖f − ρ_k‖², computed in float32 under no-grad. ``temperature`` τ is a run-time setting
+    (1 for letKD, 5 for QuEST), not part of the fitted artefact.
+    """
+
+    kind = "codebook"
+
+    def __init__(
+        self,
+        centers: torch.Tensor | np.ndarray,
+        temperature: float = 1.0,
+        cluster_sizes: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        centers = as_buffer(centers, torch.float32)
+        if centers.dim() != 2:
+            raise ValueError(f"centers must be (K, D), got shape {tuple(centers.shape)}")
+        self.register_buffer("centers", centers)
+        sizes = torch.zeros(len(centers), dtype=torch.int64) if cluster_sizes is None else cluster_sizes
+        self.register_buffer("cluster_sizes", as_buffer(sizes, torch.int64))
+        self.temperature = float(temperature)
+        self.fit_info: dict[str, Any] = {}
+
+    @property
+    def num_centers(self) -> int:
+        """K, the number of centres (templates)."""
+        return int(self.centers.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """D, the feature dimension."""
+        return int(self.centers.shape[1])
+
+    @torch.no_grad()
+    def sq_distances(self, features: torch.Tensor) -> torch.Tensor:
+        """Squared distances (N, K) of the N = B·H·W locations of ``features`` (B, D, H, W), (b,h,w) order."""
+        b, d, h, w = features.shape
+        if d != self.dim:
+            raise ValueError(f"features have {d} channels, the codebook has dimension {self.dim}")
+        f = features.detach().to(self.centers.device, torch.float32).permute(0, 2, 3, 1).reshape(-1, d)
+        c = self.centers
+        dist = torch.addmm((c * c).sum(1), f, c.T, alpha=-2.0).add_((f * f).sum(1, keepdim=True))
+        return dist.clamp_min_(0)  # rounding can make ‖f‖² + ‖c‖² − 2f·c slightly negative
+
+    @torch.no_grad()
+    def targets(self, features: torch.Tensor) -> torch.Tensor:
+        """Soft assignments (B, K, H, W), float32, summing to 1 over K at every location."""
+        b, _, h, w = features.shape
+        probs = torch.softmax(self.sq_distances(features).mul_(-self.temperature), dim=1)
+        return probs.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`targets`."""
+        return self.targets(features)
+
+    def extra_repr(self) -> str:
+        return f"num_centers={self.num_centers}, dim={self.dim}, temperature={self.temperature}"
+
+
+def fit_codebook(
+    rows: np.ndarray,
+    num_centers: int = 4096,
+    iters: int = 20,
+    seed: int = 0,
+    max_points_per_centroid: int | None = DEFAULT_MAX_POINTS_PER_CENTROID,
+    progress: bool = True,
+    chunk_size: int = DEFAULT_CHUNK,
+    device: str | torch.device = "cpu",
+) -> Codebook:
+    """K-means codebook of ``rows`` (N, D) with faiss (exact L2), then cluster sizes over *all* rows.
+
+    ``max_points_per_centroid``: faiss trains on a random subset of ``K·max_points_per_centroid`` rows
+    (faiss's default 256); ``None`` trains on all rows as in the paper. After training every row is
+    assigned to its nearest centre (chunked, remainder included) to count cluster sizes.
+    ``fit_info`` records the mean squared distance of all rows to their centre (the K-means objective)
+    and the seconds spent.
+    """
+    t0 = time.perf_counter()
+    centers = train_kmeans(
+        rows,
+        num_centers,
+        iters=iters,
+        seed=seed,
+        max_points_per_centroid=max_points_per_centroid,
+        verbose=progress,
+    )
+    t1 = time.perf_counter()
+    assignment, sq_dist = nearest_center(rows, centers, chunk_size=chunk_size, device=device)
+    sizes = np.bincount(assignment, minlength=num_centers)
+    codebook = Codebook(centers, cluster_sizes=sizes)
+    codebook.fit_info = {
+        "kmeans_objective": float(sq_dist.astype(np.float64).mean()),
+        "seconds_kmeans": t1 - t0,
+        "seconds_assign": time.perf_counter() - t1,
+        "cluster_sizes": size_stats(sizes),
+    }
+    return codebook
+
+
+def size_stats(sizes: np.ndarray) -> dict[str, float]:
+    """min / median / max / number of empty clusters of a cluster-size vector."""
+    sizes = np.asarray(sizes)
+    return {
+        "min": int(sizes.min()),
+        "median": float(np.median(sizes)),
+        "max": int(sizes.max()),
+        "empty": int((sizes == 0).sum()),
+    }

@@ -1,0 +1,288 @@
+"""Stream a teacher's features at one tap over a dataset to a row file on disk.
+
+Every spatial location of every image becomes one row: a batch of features ``(B, D, H, W)`` gives
+``B·H·W`` rows in ``(b, h, w)`` order, each labelled with its image's label. Rows go to a preallocated
+float32 file written batch by batch (positioned writes, not a growing array), so peak memory is bounded
+by one batch whatever the dataset size; the file is read back as a ``numpy.memmap``.
+
+Layout of a row folder: ``rows.f32`` (N×D float32, C order), ``labels.i64`` (N int64) and ``meta.json``
+(written last; a folder without it is incomplete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+ROWS_FILE = "rows.f32"
+LABELS_FILE = "labels.i64"
+META_FILE = "meta.json"
+
+
+@dataclass
+class RowFile:
+    """A finished row folder: ``rows`` (N, D) float32 memmap, ``labels`` (N,) int64 memmap, ``meta``."""
+
+    path: Path
+    meta: dict[str, Any]
+    _rows: np.memmap | None = field(default=None, repr=False)
+    _labels: np.memmap | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RowFile:
+        """Open a row folder written by :func:`extract_rows`; raise if it is missing or incomplete."""
+        path = Path(path)
+        meta_path = path / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no finished row file at {path} ({META_FILE} missing)")
+        return cls(path=path, meta=json.loads(meta_path.read_text()))
+
+    @property
+    def num_rows(self) -> int:
+        """N, the number of rows."""
+        return int(self.meta["num_rows"])
+
+    @property
+    def dim(self) -> int:
+        """D, the feature dimension of a row."""
+        return int(self.meta["dim"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H, W) of the (pooled) feature map each image contributed."""
+        h, w = self.meta["grid"]
+        return int(h), int(w)
+
+    @property
+    def rows(self) -> np.memmap:
+        """Read-only memmap of the rows, shape (N, D), float32."""
+        if self._rows is None:
+            self._rows = np.memmap(
+                self.path / ROWS_FILE, dtype=np.float32, mode="r", shape=(self.num_rows, self.dim)
+            )
+        return self._rows
+
+    @property
+    def labels(self) -> np.memmap:
+        """Read-only memmap of the row labels (the image labels), shape (N,), int64."""
+        if self._labels is None:
+            self._labels = np.memmap(
+                self.path / LABELS_FILE, dtype=np.int64, mode="r", shape=(self.num_rows,)
+            )
+        return self._labels
+
+
+class _StopForward(Exception):
+    """Raised by the tap hook once the wanted output is recorded, ending the forward pass early."""
+
+
+@contextmanager
+def _tap_reader(model: nn.Module, path: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the output of the first call of ``model.get_submodule(path)`` and stop the forward there.
+
+    Stopping right after the tap skips the rest of the network and keeps later in-place ops from
+    touching the recorded tensor.
+    """
+    module = model.get_submodule(path)
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+        store["out"] = out[0] if isinstance(out, (tuple, list)) else out
+        raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def resolve_tap_path(model: nn.Module, tap: str) -> str:
+    """Module path for a tap name (``"penultimate"``) or module path (``"layer3.0"``)."""
+    try:
+        from letkd.models import resolve_tap
+    except ImportError:
+        model.get_submodule(tap)  # raises AttributeError naming the missing part
+        return tap
+    return resolve_tap(model, tap)
+
+
+def read_tap(model: nn.Module, path: str, images: torch.Tensor) -> torch.Tensor:
+    """Features ``(B, D, H, W)`` at module ``path`` for ``images`` (the forward stops after the tap)."""
+    with _tap_reader(model, path) as store:
+        try:
+            model(images)
+        except _StopForward:
+            pass
+    if "out" not in store:
+        raise RuntimeError(f"module {path!r} was not called during the forward pass")
+    return store["out"]
+
+
+def subsample_indices(total: int, max_rows: int | None, seed: int) -> np.ndarray | None:
+    """Sorted random subset of ``range(total)`` of size ``max_rows`` (deterministic in ``seed``), or None."""
+    if max_rows is None or max_rows >= total:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=max_rows, replace=False))
+
+
+def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, dict):
+        return batch["image"], batch["label"]
+    images, labels = batch[0], batch[1]
+    return images, torch.as_tensor(labels)
+
+
+def extract_rows(
+    teacher: nn.Module,
+    dataset: Dataset,
+    tap: str,
+    out_path: str | os.PathLike,
+    pool2x2: bool = False,
+    batch_size: int = 256,
+    max_rows: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    num_workers: int = 0,
+) -> RowFile:
+    """Run ``teacher`` over ``dataset`` and write the features at ``tap`` as rows to the folder ``out_path``.
+
+    ``dataset`` yields ``(image (C, H_in, W_in), label)``; pass the training split built with the *test*
+    transform (no augmentation). The teacher is put in eval mode, moved to ``device`` and run under
+    ``torch.inference_mode()``. ``pool2x2`` applies a 2×2/stride-2 average pool to the tap output.
+    Each image's map ``(D, H, W)`` yields H·W rows in ``(h, w)`` order; ``max_rows`` keeps a seeded, uniformly
+    random subset of all rows in their original order. The folder is written under a temporary name and
+    renamed when complete (an existing folder at ``out_path`` is replaced).
+    """
+    from tqdm.auto import tqdm
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    path = resolve_tap_path(teacher, tap)
+    num_images = len(dataset)  # type: ignore[arg-type]
+    if num_images == 0:
+        raise ValueError("cannot extract rows from an empty dataset")
+    device = torch.device(device)
+    was_training = teacher.training
+    teacher.eval().to(device)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
+    try:
+        meta = _stream_rows(
+            teacher,
+            path,
+            tmp,
+            pool2x2,
+            num_images,
+            max_rows,
+            seed,
+            device,
+            tqdm(loader, desc=f"extract {tap}", unit="batch", disable=not progress),
+        )
+        meta.update(
+            tap=tap,
+            module_path=path,
+            pool2x2=bool(pool2x2),
+            seed=int(seed),
+            max_rows=None if max_rows is None else int(max_rows),
+        )
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        if out_path.exists():
+            shutil.rmtree(out_path)
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        teacher.train(was_training)
+    return RowFile.open(out_path)
+
+
+def _stream_rows(
+    teacher: nn.Module,
+    path: str,
+    folder: Path,
+    pool2x2: bool,
+    num_images: int,
+    max_rows: int | None,
+    seed: int,
+    device: torch.device,
+    batches: Iterator[Any],
+) -> dict[str, Any]:
+    """Write rows and labels of every batch at their final offsets; return the shape metadata."""
+    rows_fh = open(folder / ROWS_FILE, "wb")
+    labels_fh = open(folder / LABELS_FILE, "wb")
+    shape: tuple[int, int, int] | None = None
+    keep: np.ndarray | None = None
+    start = 0  # index of the batch's first row among all rows
+    written = 0  # rows written so far
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                images, labels = _split_batch(batch)
+                feats = read_tap(teacher, path, images.to(device, non_blocking=True))
+                if pool2x2:
+                    feats = F.avg_pool2d(feats, kernel_size=2, stride=2)
+                if feats.dim() != 4:
+                    raise ValueError(f"tap {path!r} gives shape {tuple(feats.shape)}, not (B, D, H, W)")
+                b, d, h, w = feats.shape
+                if shape is None:
+                    shape = (d, h, w)
+                    total = num_images * h * w
+                    keep = subsample_indices(total, max_rows, seed)
+                    num_rows = total if keep is None else len(keep)
+                    rows_fh.truncate(num_rows * d * 4)
+                    labels_fh.truncate(num_rows * 8)
+                elif (d, h, w) != shape:
+                    raise ValueError(
+                        f"tap {path!r} changed shape from {shape} to {(d, h, w)} between batches"
+                    )
+                rows = feats.float().permute(0, 2, 3, 1).reshape(b * h * w, d).cpu().numpy()
+                row_labels = labels.to(torch.int64).repeat_interleave(h * w).numpy()
+                if keep is not None:
+                    lo, hi = np.searchsorted(keep, [start, start + len(rows)])
+                    rows, row_labels = rows[keep[lo:hi] - start], row_labels[keep[lo:hi] - start]
+                rows_fh.seek(written * d * 4)
+                rows_fh.write(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
+                labels_fh.seek(written * 8)
+                labels_fh.write(np.ascontiguousarray(row_labels, dtype=np.int64).tobytes())
+                start += b * h * w
+                written += len(rows)
+    finally:
+        rows_fh.close()
+        labels_fh.close()
+    assert shape is not None
+    d, h, w = shape
+    if start != num_images * h * w:
+        raise RuntimeError(f"dataset yielded {start // (h * w)} images, expected {num_images}")
+    return {
+        "num_rows": written,
+        "dim": d,
+        "grid": [h, w],
+        "num_images": num_images,
+        "total_rows": start,
+        "dtype": "float32",
+        "label_dtype": "int64",
+    }
