@@ -1,0 +1,468 @@
+"""Grafting: insert a module (e.g. a :class:`~letkd.layers.KDLayer`) after a named submodule of any model.
+
+``graft(model, "layer3", KDLayer(64, 4096))`` adds the KD layer as a child ``letkd`` of ``model.layer3``
+(state_dict keys ``layer3.letkd.*``; every original key is unchanged) and registers a forward hook on
+``layer3`` that replaces its output by the KD layer's ``x_hat`` and records the template ``scores``
+(:func:`graft_scores`). The graft survives ``copy.deepcopy`` and ``state_dict`` round trips; :func:`bake`
+turns the hooks into plain modules for ``torch.export``/ONNX.
+
+Details:
+
+- A grafted module ``m`` must map the target's output tensor to ``(x_hat, scores)``, or to ``scores`` only
+  (it then observes without changing the output, like :class:`~letkd.layers.TemplateHead`).
+- A target may be grafted once; targets may be nested (``layer3.0`` and ``layer3``): the inner graft acts on
+  the block's output, the outer one on the stage's output, which already carries the inner graft's change.
+- A target that runs more than once per forward of the grafted model raises :class:`GraftError`.
+- ``nn.Sequential`` targets iterate over their children in ``forward``; their class is swapped for a subclass
+  (as ``torch.nn.utils.parametrize`` does) that hides the graft child from iteration, ``len`` and indexing.
+- The graft hook runs before any other forward hook of the target, so feature taps see ``x_hat``.
+- Deep-copied models keep their grafts; pickling a whole model whose ``nn.Sequential`` was grafted is not
+  supported (save ``state_dict`` plus :func:`graft_spec` instead).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from letkd.layers import KDLayer, TemplateHead
+
+GRAFT_NAME = "letkd"
+
+
+class GraftError(RuntimeError):
+    """Raised for an invalid graft (unknown target, grafted twice, target run twice per forward, …)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# hooks
+
+
+class _GraftTracker:
+    """Forward pre-hook (and, via :meth:`finish`, post-hook) on the grafted root: counts forward passes.
+
+    Each root forward starts a new *generation*; a graft hook that fires twice within one generation means the
+    target ran twice. Calls of a target outside a root forward (e.g. ``model.layer3(x)``) are not counted.
+    """
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.depth = 0
+        self.hooks: list[_GraftHook] = []
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        self.depth += 1
+        if self.depth == 1:
+            self.generation += 1
+            for hook in self.hooks:
+                hook.scores = None
+
+    def finish(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.depth = max(self.depth - 1, 0)
+
+
+class _GraftHook:
+    """Forward hook of a grafted target: runs the graft child on the output and records its scores."""
+
+    def __init__(self, name: str, target: str, tracker: _GraftTracker) -> None:
+        self.name = name
+        self.target = target
+        self.tracker = tracker
+        self.generation = -1
+        self.scores: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> torch.Tensor | None:
+        tracker = self.tracker
+        if tracker.depth > 0:
+            if self.generation == tracker.generation:
+                raise GraftError(
+                    f"grafted module {self.target!r} ran more than once in one forward pass; graft a module "
+                    "that is called exactly once (e.g. a block rather than a shared activation)"
+                )
+            self.generation = tracker.generation
+        if not isinstance(output, torch.Tensor):
+            raise GraftError(f"grafted module {self.target!r} returned {type(output).__name__}, not a tensor")
+        result = module._modules[self.name](output)
+        if isinstance(result, (tuple, list)):
+            x_hat, self.scores = result[0], result[1]
+        else:
+            x_hat, self.scores = output, result
+        if x_hat is output:
+            # The graft saved `output` for backward; a later in-place op (ReLU(inplace=True)) on the tensor we
+            # pass on must not modify it. Without grad nothing is saved and no copy is needed.
+            return output.clone() if torch.is_grad_enabled() else None
+        return x_hat
+
+    def __deepcopy__(self, memo: dict) -> _GraftHook:
+        # Recorded scores carry an autograd graph (not deep-copyable) and belong to the old forward pass.
+        # Memoise the copy before copying the tracker, whose hook list refers back to this hook.
+        new = _GraftHook.__new__(_GraftHook)
+        memo[id(self)] = new
+        new.name, new.target, new.generation, new.scores = self.name, self.target, -1, None
+        new.tracker = copy.deepcopy(self.tracker, memo)
+        return new
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nn.Sequential targets: hide the graft child from iteration
+
+
+class _HideGraftChildren:
+    """Mixin for a grafted ``nn.Sequential``: iteration, ``len`` and indexing skip the graft children."""
+
+    _letkd_base_class: type
+    _letkd_hidden: tuple[str, ...] = ()
+
+    def _visible_items(self) -> list[tuple[str, nn.Module]]:
+        return [(k, m) for k, m in self._modules.items() if k not in self._letkd_hidden]
+
+    def __iter__(self):
+        return iter([m for _, m in self._visible_items()])
+
+    def __len__(self) -> int:
+        return len(self._visible_items())
+
+    def __getitem__(self, idx):
+        items = self._visible_items()
+        if isinstance(idx, slice):
+            return self._letkd_base_class(OrderedDict(items[idx]))
+        try:
+            return items[idx][1]
+        except IndexError:
+            raise IndexError(f"index {idx} is out of range") from None
+
+
+_HIDING_CLASSES: dict[type, type] = {}
+
+
+def _hide_child(target: nn.Module, name: str) -> None:
+    if not isinstance(target, nn.Sequential):
+        return
+    if not isinstance(target, _HideGraftChildren):
+        base = type(target)
+        cls = _HIDING_CLASSES.get(base)
+        if cls is None:
+            cls = type(f"Grafted{base.__name__}", (_HideGraftChildren, base), {"_letkd_base_class": base})
+            _HIDING_CLASSES[base] = cls
+        target.__class__ = cls
+    target._letkd_hidden = (*target._letkd_hidden, name)
+
+
+def _unhide_child(target: nn.Module, name: str) -> None:
+    if not isinstance(target, _HideGraftChildren):
+        return
+    hidden = tuple(n for n in target._letkd_hidden if n != name)
+    if hidden:
+        target._letkd_hidden = hidden
+    else:
+        target.__dict__.pop("_letkd_hidden", None)
+        target.__class__ = target._letkd_base_class
+
+
+# ---------------------------------------------------------------------------------------------------------
+# public API
+
+
+class GraftHandle:
+    """A graft point of ``model``: ``.target`` (module path), ``.name``, ``.module``, ``.scores``, ``.remove()``."""
+
+    def __init__(self, model: nn.Module, target: str, name: str) -> None:
+        self.model = model
+        self.target = target
+        self.name = name
+
+    @property
+    def module(self) -> nn.Module:
+        """The grafted module (child ``name`` of the target)."""
+        return self.model.get_submodule(self.target)._modules[self.name]
+
+    @property
+    def scores(self) -> torch.Tensor | None:
+        """Scores ``(B, K, H, W)`` recorded in the latest forward pass (``None`` before the first one)."""
+        return _graft_hook(self.model.get_submodule(self.target))[1].scores
+
+    def remove(self) -> nn.Module:
+        """Undo the graft (see :func:`ungraft`); returns the detached module."""
+        return ungraft(self.model, self.target)
+
+    def __repr__(self) -> str:
+        return f"GraftHandle(target={self.target!r}, name={self.name!r})"
+
+
+def resolve_target(model: nn.Module, target: str) -> str:
+    """Module path for ``target``: a module path of ``model``, or a tap name such as ``"penultimate"``."""
+    if not target:
+        raise GraftError("the graft target must be a submodule path, not the model itself")
+    try:
+        model.get_submodule(target)
+        return target
+    except AttributeError:
+        pass
+    from letkd.models import resolve_tap
+
+    try:
+        return resolve_tap(model, target)
+    except (KeyError, ValueError) as exc:
+        raise GraftError(str(exc)) from None
+
+
+def graft(model: nn.Module, target: str, module: nn.Module, name: str = GRAFT_NAME) -> GraftHandle:
+    """Insert ``module`` after the submodule ``target`` of ``model`` (in place) and return a handle.
+
+    Args:
+        model: the network to modify (its forward passes are tracked for the run-once check).
+        target: module path (``"layer3"``, ``"layer3.0"``) or a tap name known to
+            :func:`letkd.models.resolve_tap` (``"penultimate"``, ``"intermediate"``).
+        module: maps the target's output ``(B, C, H, W)`` to ``(x_hat, scores)`` or to ``scores`` only.
+        name: attribute name of the module inside the target (state_dict keys ``<target>.<name>.*``).
+    """
+    path = resolve_target(model, target)
+    host = model.get_submodule(path)
+    if isinstance(host, (nn.ModuleList, nn.ModuleDict)):
+        raise GraftError(f"{path!r} is a {type(host).__name__} (it has no forward); graft one of its items")
+    if _graft_hook(host) is not None:
+        raise GraftError(f"{path!r} is already grafted; remove that graft first")
+    if name in host._modules or hasattr(host, name):
+        raise GraftError(f"{path!r} already has an attribute {name!r}; choose another graft name")
+    tracker = _tracker(model, create=True)
+    host.add_module(name, module)
+    _hide_child(host, name)
+    hook = _GraftHook(name, path, tracker)
+    host.register_forward_hook(hook, prepend=True)
+    tracker.hooks.append(hook)
+    return GraftHandle(model, path, name)
+
+
+def graft_kd_layers(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, GraftHandle]:
+    """Graft several modules at once: ``{target: module}`` → ``{target: handle}`` (targets as given)."""
+    return {target: graft(model, target, module) for target, module in layers.items()}
+
+
+def ungraft(model: nn.Module, target: str) -> nn.Module:
+    """Remove the graft at ``target`` from ``model`` (hook, child, class swap) and return the detached module."""
+    path = resolve_target(model, target)
+    host = model.get_submodule(path)
+    found = _graft_hook(host)
+    if found is None:
+        raise GraftError(f"{path!r} is not grafted")
+    hook_id, hook = found
+    host._forward_hooks.pop(hook_id)
+    for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+        getattr(host, extra, {}).pop(hook_id, None)
+    module = host._modules.pop(hook.name)
+    _unhide_child(host, hook.name)
+    tracker = hook.tracker
+    tracker.hooks = [h for h in tracker.hooks if h is not hook]
+    if not tracker.hooks:
+        _remove_tracker(model, tracker)
+    return module
+
+
+def grafts(model: nn.Module) -> dict[str, nn.Module]:
+    """``{target path: grafted module}`` for every graft inside ``model``, in module order."""
+    found = {}
+    for path, mod in model.named_modules():
+        hook = _graft_hook(mod)
+        if hook is not None:
+            found[path] = mod._modules[hook[1].name]
+    return found
+
+
+def graft_scores(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{target path: scores (B, K, H, W)}`` recorded by the latest forward pass of ``model``.
+
+    Targets that did not run in that pass are absent. Paths are relative to ``model`` (a graft made on
+    ``distiller.student`` at ``"layer3"`` appears as ``"student.layer3"`` when asked of the distiller).
+    """
+    found = {}
+    for path, mod in model.named_modules():
+        hook = _graft_hook(mod)
+        if hook is not None and hook[1].scores is not None:
+            found[path] = hook[1].scores
+    return found
+
+
+def clear_graft_scores(model: nn.Module) -> None:
+    """Drop the scores recorded by the graft hooks of ``model`` (frees their memory)."""
+    for mod in model.modules():
+        hook = _graft_hook(mod)
+        if hook is not None:
+            hook[1].scores = None
+
+
+def describe_grafts(model: nn.Module) -> list[dict[str, Any]]:
+    """One dict per graft point, for logs and run metadata: target, name, type, parameters, settings."""
+    out = []
+    for path, mod in model.named_modules():
+        found = _graft_hook(mod)
+        if found is None:
+            continue
+        child = mod._modules[found[1].name]
+        out.append(
+            {
+                "target": path,
+                "name": found[1].name,
+                "type": type(child).__name__,
+                "parameters": sum(p.numel() for p in child.parameters()),
+                "settings": child.extra_repr(),
+            }
+        )
+    return out
+
+
+def graft_spec(model: nn.Module) -> list[dict[str, Any]]:
+    """A JSON-able description of the grafts of ``model`` that :func:`apply_graft_spec` can rebuild.
+
+    Each entry: ``target``, ``name``, ``kind`` (``"kd_layer"`` or ``"template_head"``), ``channels``,
+    ``num_templates``, ``template_scale`` and, for KD layers, ``alpha`` and ``value_scale`` (initial scale
+    values; the trained ones live in the state_dict).
+    """
+    spec = []
+    for path, mod in model.named_modules():
+        found = _graft_hook(mod)
+        if found is None:
+            continue
+        child = mod._modules[found[1].name]
+        entry: dict[str, Any] = {"target": path, "name": found[1].name}
+        if isinstance(child, KDLayer):
+            entry.update(kind="kd_layer", alpha=child.alpha, value_scale=child.value_scale)
+        elif isinstance(child, TemplateHead):
+            entry.update(kind="template_head")
+        else:
+            raise GraftError(f"cannot describe grafted {type(child).__name__} at {path!r}")
+        entry.update(
+            channels=child.channels, num_templates=child.num_templates, template_scale=child.template_scale
+        )
+        spec.append(entry)
+    return spec
+
+
+def apply_graft_spec(model: nn.Module, spec: Iterable[Mapping[str, Any]]) -> list[GraftHandle]:
+    """Re-create the grafts described by :func:`graft_spec` on a fresh (un-grafted) ``model``."""
+    handles = []
+    for entry in spec:
+        kind = entry.get("kind", "kd_layer")
+        if kind == "kd_layer":
+            module: nn.Module = KDLayer(
+                int(entry["channels"]),
+                int(entry["num_templates"]),
+                alpha=float(entry.get("alpha", 1.0)),
+                template_scale=float(entry.get("template_scale", 3.0)),
+                value_scale=float(entry.get("value_scale", 1.0)),
+            )
+        elif kind == "template_head":
+            module = TemplateHead(
+                int(entry["channels"]),
+                int(entry["num_templates"]),
+                template_scale=float(entry.get("template_scale", 3.0)),
+            )
+        else:
+            raise GraftError(f"unknown graft kind {kind!r} in graft spec entry {dict(entry)}")
+        handles.append(graft(model, entry["target"], module, name=entry.get("name", GRAFT_NAME)))
+    return handles
+
+
+def load_into_grafted(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load a checkpoint into a grafted ``model``: all base keys strictly, graft keys when present.
+
+    A vanilla (un-grafted, e.g. RepDistiller) state_dict loads with only the graft modules left as initialised;
+    a grafted one loads completely. Raises ``RuntimeError`` for any other missing or unexpected key (nothing
+    is loaded then). Returns the graft keys the state_dict did not provide.
+    """
+    prefixes = tuple(f"{path}.{mod_name}." for path, mod_name in _graft_names(model))
+    expected = set(model.state_dict().keys())
+    given = set(state_dict.keys())
+    missing = sorted(expected - given)
+    missing_base = [k for k in missing if not k.startswith(prefixes)]
+    unexpected = sorted(given - expected)
+    if missing_base or unexpected:
+        raise RuntimeError(
+            f"state_dict does not fit {type(model).__name__}: missing keys {missing_base[:10]}"
+            f"{' …' if len(missing_base) > 10 else ''}, unexpected keys {unexpected[:10]}"
+            f"{' …' if len(unexpected) > 10 else ''}"
+        )
+    model.load_state_dict(state_dict, strict=False)
+    return missing
+
+
+class BakedGraft(nn.Module):
+    """A hook-free graft for deployment: ``forward(x) = graft(base(x))[0]`` (``x_hat`` of the KD layer)."""
+
+    def __init__(self, base: nn.Module, graft: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.graft = graft
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base module's output ``(B, C, H, W)`` transformed by the graft."""
+        out = self.graft(self.base(*args, **kwargs))
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without hooks: each grafted target becomes ``BakedGraft(target, module)``.
+
+    Grafts that do not change the output (template heads, KD layers with ``alpha == 0``) are dropped. In eval
+    mode the result computes exactly what ``model`` computes, and ``torch.export`` / ONNX see a plain module
+    tree. ``model`` itself is not modified. State_dict keys of baked targets become ``<target>.base.*`` and
+    ``<target>.graft.*``.
+    """
+    baked = copy.deepcopy(model)
+    targets = sorted(grafts(baked), key=lambda p: p.count(".") + 1, reverse=True)
+    for path in targets:
+        module = ungraft(baked, path)
+        if getattr(module, "modifies_output", True):
+            _set_submodule(baked, path, BakedGraft(baked.get_submodule(path), module))
+    return baked
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _graft_hook(module: nn.Module) -> tuple[int, _GraftHook] | None:
+    for hook_id, hook in module._forward_hooks.items():
+        if isinstance(hook, _GraftHook):
+            return hook_id, hook
+    return None
+
+
+def _graft_names(model: nn.Module) -> Sequence[tuple[str, str]]:
+    return [
+        (path, found[1].name) for path, mod in model.named_modules() if (found := _graft_hook(mod)) is not None
+    ]
+
+
+def _tracker(model: nn.Module, create: bool) -> _GraftTracker | None:
+    for hook in model._forward_pre_hooks.values():
+        if isinstance(hook, _GraftTracker):
+            return hook
+    if not create:
+        return None
+    tracker = _GraftTracker()
+    model.register_forward_pre_hook(tracker)
+    model.register_forward_hook(tracker.finish, always_call=True)
+    return tracker
+
+
+def _remove_tracker(model: nn.Module, tracker: _GraftTracker) -> None:
+    """Remove ``tracker``'s hooks from whichever module of ``model`` holds them."""
+    for mod in model.modules():
+        for hook_id, hook in list(mod._forward_pre_hooks.items()):
+            if hook is tracker:
+                mod._forward_pre_hooks.pop(hook_id)
+        for hook_id, hook in list(mod._forward_hooks.items()):
+            if getattr(hook, "__self__", None) is tracker:
+                mod._forward_hooks.pop(hook_id)
+                mod._forward_hooks_always_called.pop(hook_id, None)
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    parent._modules[name] = module

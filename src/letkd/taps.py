@@ -1,0 +1,197 @@
+"""Read the outputs of named modules of an unmodified model through forward hooks (teacher taps).
+
+::
+
+    with torch.inference_mode(), FeatureTaps(teacher, ["layer3.0", "layer3"], stop_after_last=True) as taps:
+        feats = taps(images)          # {"layer3.0": (B, C, H, W), "layer3": (B, C, H, W)}
+
+Choices:
+
+- A tapped tensor is what the next module receives. Because a later in-place op (``ReLU(inplace=True)``
+  after a BatchNorm, ``out += identity``) would change a stored reference, taps store a copy by default
+  (``clone=True``; one copy of the tapped map, small next to the forward pass). With ``clone=False`` the
+  reference is stored and an in-place change after the tap raises :class:`TapError` when it can be
+  detected (tensors made under ``torch.inference_mode()`` have no version counter: no check there).
+- A module that runs more than once per forward raises :class:`TapError` unless ``which_call`` says which
+  call to keep (0-based; ``-1`` = the last call). With ``stop_after_last`` the forward ends right after the
+  last wanted output, so a module's later calls are never seen.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class TapError(RuntimeError):
+    """Raised when a tap cannot deliver the requested feature (not called, called twice, changed in place)."""
+
+
+class UnknownTapPathError(KeyError, ValueError):
+    """Raised for a tap that is neither a module path of the model nor a known tap name."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class _StopForward(Exception):
+    """Raised by a tap hook once every wanted feature is recorded, to end the forward pass early."""
+
+
+def resolve_tap_path(model: nn.Module, tap: str) -> str:
+    """Module path for ``tap``: a module path of ``model`` or a tap name (``"penultimate"``) of a zoo model."""
+    try:
+        model.get_submodule(tap)
+        return tap
+    except AttributeError:
+        pass
+    tap_names: list[str] = []
+    try:
+        from letkd.models import get_taps
+
+        names = get_taps(model)
+        tap_names = list(names)
+        if tap in names:
+            return names[tap]
+    except (ImportError, ValueError, KeyError):
+        pass
+    paths = [name for name, _ in model.named_modules() if name]
+    close = difflib.get_close_matches(tap, paths + tap_names, n=8, cutoff=0.5)
+    listing = ", ".join(close) if close else ", ".join(paths[:40]) + (" …" if len(paths) > 40 else "")
+    kind = "close matches" if close else "valid module paths"
+    names_hint = f"; tap names: {', '.join(tap_names)}" if tap_names else ""
+    raise UnknownTapPathError(f"{tap!r} is not a module of {type(model).__name__}; {kind}: {listing}{names_hint}")
+
+
+class FeatureTaps:
+    """Forward hooks that record the outputs of several named modules of ``model`` (left unmodified).
+
+    Args:
+        model: the network to read from (e.g. a teacher in eval mode).
+        taps: module paths (``"layer3.0"``) or tap names known to :func:`letkd.models.get_taps`; the result
+            dict uses them as keys.
+        stop_after_last: end the forward pass as soon as every tap has fired (``taps(x)`` catches it), so a
+            teacher runs only as far as needed. ``taps.output`` is then ``None``.
+        which_call: which call of a module to keep when it runs several times per forward: an int for all
+            taps or ``{tap: int}``; 0-based, ``-1`` = last. ``None`` (default) = a second call is an error.
+        clone: store copies of the tapped tensors (guards against later in-place ops), see module docs.
+
+    Use as a context manager or call :meth:`remove`. ``taps(*inputs)`` runs ``model`` and returns
+    ``{tap: tensor}``; running ``model`` directly also records (read :attr:`features`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        taps: Sequence[str],
+        stop_after_last: bool = False,
+        which_call: int | Mapping[str, int] | None = None,
+        clone: bool = True,
+    ) -> None:
+        if isinstance(taps, str):
+            taps = [taps]
+        if not taps:
+            raise ValueError("FeatureTaps needs at least one tap")
+        self.model = model
+        self.stop_after_last = stop_after_last
+        self.clone = clone
+        self.paths: dict[str, str] = {tap: resolve_tap_path(model, tap) for tap in taps}
+        calls = which_call if isinstance(which_call, Mapping) else dict.fromkeys(self.paths, which_call)
+        unknown = set(calls) - set(self.paths)
+        if unknown:
+            raise ValueError(f"which_call names taps that are not tapped: {sorted(unknown)}")
+        self._want: dict[str, int | None] = {}
+        for tap, path in self.paths.items():
+            want = calls.get(tap)
+            if path in self._want and self._want[path] != want:
+                raise ValueError(f"taps resolving to {path!r} ask for different calls")
+            self._want[path] = want
+        if stop_after_last and any(w is not None and w < 0 for w in self._want.values()):
+            raise ValueError("stop_after_last cannot be combined with which_call=-1 (the last call)")
+        self.output: Any = None
+        self._captured: dict[str, Any] = {}
+        self._versions: dict[str, int] = {}
+        self._calls: dict[str, int] = {}
+        self._handles = [model.register_forward_pre_hook(self._start)]
+        for path in self._want:
+            module = model.get_submodule(path)
+            self._handles.append(module.register_forward_hook(self._make_hook(path)))
+
+    # -- hooks ---------------------------------------------------------------------------------------------
+
+    def _start(self, module: nn.Module, args: Any) -> None:
+        self._captured.clear()
+        self._versions.clear()
+        self._calls = dict.fromkeys(self._want, 0)
+
+    def _make_hook(self, path: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            call = self._calls.get(path, 0)
+            self._calls[path] = call + 1
+            want = self._want[path]
+            if want is None and call >= 1:
+                raise TapError(
+                    f"tapped module {path!r} ran more than once in one forward pass; pass which_call "
+                    "(0-based index of the call to keep, -1 for the last) to choose one"
+                )
+            if want is None or want == call or want < 0:
+                self._record(path, output)
+            if self.stop_after_last and len(self._captured) == len(self._want):
+                raise _StopForward
+
+        return hook
+
+    def _record(self, path: str, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            if self.clone:
+                output = output.clone()
+            elif not output.is_inference():
+                self._versions[path] = output._version
+        self._captured[path] = output
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run ``model(*args, **kwargs)`` and return ``{tap: output of that module}``."""
+        self.output = None
+        try:
+            self.output = self.model(*args, **kwargs)
+        except _StopForward:
+            pass
+        return self.features
+
+    @property
+    def features(self) -> dict[str, torch.Tensor]:
+        """``{tap: tensor}`` recorded by the latest forward pass of ``model``."""
+        missing = [p for p in self._want if p not in self._captured]
+        if missing:
+            detail = ", ".join(f"{p!r} (called {self._calls.get(p, 0)}×)" for p in missing)
+            raise TapError(f"tapped modules did not produce the wanted call in the last forward: {detail}")
+        for path, version in self._versions.items():
+            if self._captured[path]._version != version:
+                raise TapError(
+                    f"the output of {path!r} was modified in place after it was tapped; use clone=True"
+                )
+        return {tap: self._captured[path] for tap, path in self.paths.items()}
+
+    # -- lifetime ------------------------------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """Remove all hooks; the model is left exactly as before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._captured.clear()
+
+    def __enter__(self) -> FeatureTaps:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"FeatureTaps({self.paths}, stop_after_last={self.stop_after_last})"
