@@ -1,0 +1,61 @@
+"""``letkd run CONFIG [key=value ...]``: the whole chain — teacher, supervision, distillation, evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EPILOG = """\
+examples:
+  letkd run configs/digits/letkd2.yaml
+  letkd run configs/cifar100/resnet56_resnet20/letkd1.yaml \\
+      teacher.checkpoint=checkpoints/resnet56_vanilla/ckpt_epoch_240.pth
+  letkd run configs/fashion_mnist/letkd1.yaml seed=1 --out runs/fm-letkd1-s1
+  torchrun --nproc_per_node=4 -m letkd run configs/cifar100/wrn_40_2_wrn_16_2/letkd2.yaml
+
+Stages, each reused when it already exists: the teacher (teacher.checkpoint, or trained once from
+teacher.train_config into runs/teachers/), its test accuracy (printed), the supervision artefacts
+(K-means codebook / sub-classes, cached in supervision.cache_dir), then the student's training with
+the method. The run folder receives config.yaml, metrics.jsonl, tb/, last.pt, best.pt, summary.json.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``letkd run``."""
+    p = subparsers.add_parser(
+        "run",
+        help="teacher → supervision → distill a student → evaluate, from one config",
+        description="Run a distillation config end to end, reusing every artefact that already exists.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the student run from last.pt")
+    p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, mps (default: train.device, 'auto')")
+    p.set_defaults(func=handle)
+    return p
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Handler of ``letkd run``; returns 1 on a config/checkpoint error or a diverged run."""
+    from letkd.config import ConfigError, load_config
+    from letkd.engine import CheckpointError, NonFiniteLossError
+    from letkd.models import CheckpointError as WeightsError
+    from letkd.pipeline import run_pipeline
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        summary = run_pipeline(cfg, run_dir=args.out, resume=args.resume, device=args.device)
+    except (ConfigError, CheckpointError, WeightsError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except NonFiniteLossError:
+        return 1
+    if os.environ.get("RANK", "0") == "0":
+        keys = ("teacher_top1", "best_top1", "last_top1", "best_epoch", "extra_parameters", "run_dir")
+        print(json.dumps({k: summary.get(k) for k in keys}))
+    return 0 if summary.get("status") == "completed" else 1
