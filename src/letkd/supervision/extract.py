@@ -15,8 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,51 +84,11 @@ class RowFile:
         return self._labels
 
 
-class _StopForward(Exception):
-    """Raised by the tap hook once the wanted output is recorded, ending the forward pass early."""
-
-
-@contextmanager
-def _tap_reader(model: nn.Module, path: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the output of the first call of ``model.get_submodule(path)`` and stop the forward there.
-
-    Stopping right after the tap skips the rest of the network and keeps later in-place ops from
-    touching the recorded tensor.
-    """
-    module = model.get_submodule(path)
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-        store["out"] = out[0] if isinstance(out, (tuple, list)) else out
-        raise _StopForward
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
 def resolve_tap_path(model: nn.Module, tap: str) -> str:
-    """Module path for a tap name (``"penultimate"``) or module path (``"layer3.0"``)."""
-    try:
-        from letkd.models import resolve_tap
-    except ImportError:
-        model.get_submodule(tap)  # raises AttributeError naming the missing part
-        return tap
+    """Module path for a tap name (``"penultimate"``) or module path (``"layer3.0"``) of ``model``."""
+    from letkd.models import resolve_tap
+
     return resolve_tap(model, tap)
-
-
-def read_tap(model: nn.Module, path: str, images: torch.Tensor) -> torch.Tensor:
-    """Features ``(B, D, H, W)`` at module ``path`` for ``images`` (the forward stops after the tap)."""
-    with _tap_reader(model, path) as store:
-        try:
-            model(images)
-        except _StopForward:
-            pass
-    if "out" not in store:
-        raise RuntimeError(f"module {path!r} was not called during the forward pass")
-    return store["out"]
 
 
 def subsample_indices(total: int, max_rows: int | None, seed: int) -> np.ndarray | None:
@@ -190,17 +149,17 @@ def extract_rows(
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
     try:
-        meta = _stream_rows(
-            teacher,
-            path,
-            tmp,
-            pool2x2,
-            num_images,
-            max_rows,
-            seed,
-            device,
-            tqdm(loader, desc=f"extract {tap}", unit="batch", disable=not progress),
-        )
+        from letkd.taps import FeatureTaps
+
+        # the forward stops right after the tap, so no later in-place op can touch it: no copy needed
+        with FeatureTaps(teacher, [path], stop_after_last=True, clone=False) as taps:
+
+            def read(images: torch.Tensor) -> torch.Tensor:
+                feats = taps(images.to(device, non_blocking=True))[path]
+                return F.avg_pool2d(feats, kernel_size=2, stride=2) if pool2x2 else feats
+
+            batches = tqdm(loader, desc=f"extract {tap}", unit="batch", disable=not progress)
+            meta = _stream_rows(read, path, tmp, num_images, max_rows, seed, batches)
         meta.update(
             tap=tap,
             module_path=path,
@@ -221,17 +180,15 @@ def extract_rows(
 
 
 def _stream_rows(
-    teacher: nn.Module,
+    read: Callable[[torch.Tensor], torch.Tensor],
     path: str,
     folder: Path,
-    pool2x2: bool,
     num_images: int,
     max_rows: int | None,
     seed: int,
-    device: torch.device,
     batches: Iterator[Any],
 ) -> dict[str, Any]:
-    """Write rows and labels of every batch at their final offsets; return the shape metadata."""
+    """Write the rows and labels of every batch at their final offsets; return the shape metadata."""
     rows_fh = open(folder / ROWS_FILE, "wb")
     labels_fh = open(folder / LABELS_FILE, "wb")
     shape: tuple[int, int, int] | None = None
@@ -242,9 +199,7 @@ def _stream_rows(
         with torch.inference_mode():
             for batch in batches:
                 images, labels = _split_batch(batch)
-                feats = read_tap(teacher, path, images.to(device, non_blocking=True))
-                if pool2x2:
-                    feats = F.avg_pool2d(feats, kernel_size=2, stride=2)
+                feats = read(images)
                 if feats.dim() != 4:
                     raise ValueError(f"tap {path!r} gives shape {tuple(feats.shape)}, not (B, D, H, W)")
                 b, d, h, w = feats.shape

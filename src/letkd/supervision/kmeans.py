@@ -43,7 +43,8 @@ def train_kmeans(
 
 
 def _as_tensor(chunk: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(device)
+    # a copy: memmap chunks are read-only, which torch.from_numpy does not support
+    return torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device)
 
 
 @torch.no_grad()

@@ -39,8 +39,8 @@ def class_scatter(
     means = torch.zeros(num_classes, d, dtype=torch.float64)
     within = torch.zeros(d, d, dtype=torch.float64)
     for lo in range(0, n, chunk_size):
-        x = torch.from_numpy(np.asarray(rows[lo : lo + chunk_size], dtype=np.float64))
-        y = torch.from_numpy(np.asarray(labels[lo : lo + chunk_size], dtype=np.int64))
+        x = torch.from_numpy(np.array(rows[lo : lo + chunk_size], dtype=np.float64))
+        y = torch.from_numpy(np.array(labels[lo : lo + chunk_size], dtype=np.int64))
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
         m = torch.bincount(y, minlength=num_classes).to(torch.float64)
@@ -115,6 +115,6 @@ def lda_transform(
     shift = torch.as_tensor(np.asarray(xbar), dtype=torch.float32)
     out = np.empty((len(rows), w.shape[1]), dtype=np.float32)
     for lo in range(0, len(rows), chunk_size):
-        x = torch.from_numpy(np.ascontiguousarray(rows[lo : lo + chunk_size], dtype=np.float32))
+        x = torch.from_numpy(np.array(rows[lo : lo + chunk_size], dtype=np.float32))
         out[lo : lo + len(x)] = ((x - shift) @ w).numpy()
     return out

@@ -1,8 +1,8 @@
 """What supervision a run needs, read from its method parameters.
 
 A method that uses teacher-side supervision lists its KD layers in ``cfg.method.params["layers"]``; each
-entry is a dict with ``kind: codebook | subclass``, ``teacher_tap`` (tap name or module path),
-``teacher_pool`` (2×2 average pool of the teacher map) and the fit sizes. Keys the method itself uses
+entry is a dict with ``kind: codebook | subclass`` (default codebook), ``teacher_tap`` (tap name or module
+path), ``teacher_pool`` (2×2 average pool of the teacher map) and the fit sizes. Keys the method itself uses
 (``student_tap``, ``alpha``, ``temperature``, ``weight``, …) are ignored here.
 """
 
@@ -48,8 +48,9 @@ def specs_from_layers(
     """Validate a ``layers`` list into specs; errors name the entry and key."""
     if not layers:
         return []
+    entries = [{"kind": "codebook", **entry} if isinstance(entry, dict) else entry for entry in layers]
     try:
-        return _SPEC_LIST.validate_python(list(layers))
+        return _SPEC_LIST.validate_python(entries)
     except ValidationError as exc:
         lines = [f"invalid supervision entry in {source}:"]
         for err in exc.errors():

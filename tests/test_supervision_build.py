@@ -1,0 +1,164 @@
+"""Supervision specs from run configs, build_supervision with its cache, and the ``letkd fit`` command."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+import yaml
+
+from letkd.cli import main
+from letkd.config import ConfigError, RunConfig, SupervisionConfig
+from letkd.supervision import build as build_mod
+from letkd.supervision.build import build_supervision, kmeans_points_per_centroid, teacher_identity
+from letkd.supervision.codebook import Codebook
+from letkd.supervision.spec import CodebookSpec, SubclassSpec, specs_from_config
+from letkd.supervision.subclass import SubclassCodebook
+
+LAYERS = [
+    {
+        "kind": "subclass",
+        "student_tap": "layer3.0",
+        "teacher_tap": "penultimate",
+        "alpha": 1.0,
+        "subclasses_per_class": 2,
+        "lda_components": 5,
+    },
+    {
+        "kind": "codebook",
+        "student_tap": "penultimate",
+        "teacher_tap": "penultimate",
+        "temperature": 1.0,
+        "weight": 1.0,
+        "num_templates": 8,
+    },
+]
+
+
+def _config(tmp_path, layers=LAYERS) -> dict:
+    return {
+        "seed": 3,
+        "data": {"name": "digits"},
+        "model": {"name": "resnet8"},
+        "teacher": {"name": "resnet8"},
+        "method": {"name": "letkd", "params": {"layers": layers}},
+        "supervision": {"cache_dir": str(tmp_path / "cache"), "kmeans_iters": 3, "extract_batch_size": 512},
+        "train": {"device": "cpu"},
+    }
+
+
+def test_specs_from_config():
+    cfg = RunConfig.model_validate(
+        {
+            "method": {
+                "name": "letkd",
+                "params": {"layers": LAYERS + [{"teacher_tap": "layer3", "teacher_pool": True}]},
+            }
+        }
+    )
+    specs = specs_from_config(cfg)
+    assert specs == [
+        SubclassSpec(teacher_tap="penultimate", subclasses_per_class=2, lda_components=5),
+        CodebookSpec(teacher_tap="penultimate", num_templates=8),
+        CodebookSpec(teacher_tap="layer3", teacher_pool=True, num_templates=4096),
+    ]
+    assert (
+        SubclassSpec(teacher_tap="x").subclasses_per_class == 8
+        and SubclassSpec(teacher_tap="x").lda_components == 60
+    )
+    assert specs_from_config(RunConfig()) == []
+    bad = RunConfig.model_validate({"method": {"params": {"layers": [{"kind": "pca", "teacher_tap": "x"}]}}})
+    with pytest.raises(ConfigError, match="layers.0"):
+        specs_from_config(bad)
+
+
+def test_teacher_identity_and_kmeans_cap(tmp_path):
+    ckpt = tmp_path / "t.pth"
+    ckpt.write_bytes(b"weights")
+    assert teacher_identity("resnet56", ckpt, 0) == hashlib.sha256(b"weights").hexdigest()
+    assert teacher_identity("resnet56", None, 4) == "untrained:resnet56:4"
+    assert kmeans_points_per_centroid(1000, 10) == 100 and kmeans_points_per_centroid(1001, 10) == 101
+
+
+def test_fit_command_then_build_reuses_the_cache(tmp_path, capsys, monkeypatch):
+    cfg = _config(tmp_path)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and "fitted" in out[0] and "K=8" in out[1]
+    assert "91968 rows x 64" in out[1]  # 1437 digits training images × 8×8 locations, 64 channels
+    cache = tmp_path / "cache"
+    assert len(list((cache / "rows").iterdir())) == 1, "both specs share one extraction of the tap"
+    assert len(list(cache.glob("*.safetensors"))) == 2
+
+    assert main(["fit", str(path), "--no-progress"]) == 0
+    assert all("cached" in line for line in capsys.readouterr().out.strip().splitlines())
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("a cached artefact must not extract rows")
+
+    monkeypatch.setattr(build_mod, "extract_rows", no_extraction)
+    from letkd.models import create_model
+
+    teacher = create_model("resnet8", 10).eval()
+    sup_cfg = SupervisionConfig(**cfg["supervision"])
+    codebook = build_supervision(
+        CodebookSpec(teacher_tap="penultimate", num_templates=8),
+        teacher,
+        "resnet8",
+        None,
+        "digits",
+        None,
+        sup_cfg,
+        "cpu",
+        10,
+        teacher_seed=3,
+    )
+    subclass = build_supervision(
+        SubclassSpec(teacher_tap="layer3", subclasses_per_class=2, lda_components=5),
+        teacher,
+        "resnet8",
+        None,
+        "digits",
+        None,
+        sup_cfg,
+        "cpu",
+        10,
+        teacher_seed=3,
+    )
+    assert isinstance(codebook, Codebook) and codebook.centers.shape == (8, 64)
+    assert int(codebook.cluster_sizes.sum()) == 91968
+    assert isinstance(subclass, SubclassCodebook) and subclass.centers.shape == (20, 5)
+    torch.testing.assert_close(subclass.score_matrix.sum(1), torch.ones(20))
+    feats = torch.rand(2, 64, 8, 8)
+    assert subclass.targets(feats, torch.tensor([1, 9])).shape == (2, 20, 8, 8)
+    with pytest.raises(AssertionError, match="must not extract"):  # another seed is another artefact
+        build_supervision(
+            CodebookSpec(teacher_tap="penultimate", num_templates=8),
+            teacher,
+            "resnet8",
+            None,
+            "digits",
+            None,
+            sup_cfg,
+            "cpu",
+            10,
+            teacher_seed=4,
+        )
+
+
+def test_fit_command_without_supervision(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**_config(tmp_path), "method": {"name": "kd"}}))
+    assert main(["fit", str(path)]) == 0
+    assert "needs no teacher supervision" in capsys.readouterr().out
+
+
+def test_fit_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "method.params.layers" in text and "--device" in text and "supervision.max_rows" in text
