@@ -29,7 +29,9 @@ class DataConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     test_batch_size: int = Field(100, ge=1)
     num_workers: int | None = Field(None, ge=0, description="None = choose from the CPU count")
-    train_subset: int | None = Field(None, ge=1, description="use a seeded random subset of N training images")
+    train_subset: int | None = Field(
+        None, ge=1, description="use a seeded random subset of N training images"
+    )
     test_subset: int | None = Field(None, ge=1, description="use the first N test images")
     augment: bool = True
     drop_last: bool = True
@@ -64,7 +66,9 @@ class SupervisionConfig(_Strict):
 
     cache_dir: str = "artifacts"
     kmeans_iters: int = Field(20, ge=1)
-    max_rows: int | None = Field(None, ge=1, description="seeded row subsample for K-means; None = faiss default")
+    max_rows: int | None = Field(
+        None, ge=1, description="seeded row subsample for K-means; None = faiss default"
+    )
     extract_batch_size: int = Field(256, ge=1)
     seed: int = 0
 
@@ -179,7 +183,10 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (``yaml.safe_load``), apply overrides, validate. ``name`` defaults to the file stem."""
+    """Read a YAML config (``yaml.safe_load``), apply overrides, validate.
+
+    ``name`` defaults to the file stem (prefixed by its folder name).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

@@ -1,4 +1,4 @@
-"""From a config to a finished run: datasets, loaders, student, distiller, trainer (:func:`train_from_config`)."""
+"""From a config to a finished run: datasets, loaders, student, distiller, trainer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from letkd.config import ConfigError, RunConfig
 from letkd.engine import distributed as dist_utils
@@ -35,7 +35,7 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     if d.train_subset is not None and d.train_subset < len(train):
         train = subset(train, d.train_subset, cfg.seed)
     if d.test_subset is not None and d.test_subset < len(test):
-        test = Subset(test, range(d.test_subset))
+        test = subset(test, d.test_subset, None)  # the first N
     return train, test
 
 

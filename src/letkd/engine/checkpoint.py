@@ -45,12 +45,16 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable: {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     missing = [k for k in required if k not in state]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)} (not a letkd training checkpoint)")
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)} (not a letkd training checkpoint)"
+        )
     return state
 
 
@@ -77,9 +81,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     torch.set_rng_state(state["torch"])
     npst = state["numpy"]
-    np.random.set_state(
-        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
-    )
+    keys = npst["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npst["kind"], keys, npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():

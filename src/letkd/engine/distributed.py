@@ -40,7 +40,7 @@ def launched_by_torchrun() -> bool:
 
 
 def select_device(preference: str | None = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:LOCAL_RANK`` if available, else ``mps``, else ``cpu``; any other string is used as is."""
+    """``auto`` → ``cuda:LOCAL_RANK`` if available, else ``mps``, else ``cpu``; others are used as is."""
     pref = (preference or "auto").lower()
     if pref == "auto":
         if torch.cuda.is_available():

@@ -61,7 +61,7 @@ def _loader_kwargs(cfg: RunConfig, device: torch.device, deterministic: bool) ->
 
 
 def build_train_loader(dataset: Dataset, cfg: RunConfig, info: DistInfo, device: torch.device) -> DataLoader:
-    """Shuffled training loader; call ``loader.sampler.set_epoch(e)`` and re-seed ``loader.generator`` per epoch."""
+    """Shuffled training loader; each epoch, call ``sampler.set_epoch(e)``, re-seed ``loader.generator``."""
     sampler = DistributedSampler(
         dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=False
     )

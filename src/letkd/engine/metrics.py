@@ -47,7 +47,8 @@ class SumMeter:
         if not (dist.is_available() and dist.is_initialized()):
             return
         names = sorted(self.sums)
-        buf = torch.tensor([self.sums[n] for n in names] + [float(self.count)], dtype=torch.float64, device=device)
+        values = [self.sums[n] for n in names] + [float(self.count)]
+        buf = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(buf)
         values = buf.tolist()
         self.sums = dict(zip(names, values[:-1]))

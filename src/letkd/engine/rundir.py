@@ -40,9 +40,10 @@ def default_run_dir(cfg: RunConfig, base: str | Path = "runs") -> Path:
 
 
 def latest_run_dir(cfg: RunConfig, base: str | Path = "runs") -> Path | None:
-    """The most recent folder under ``<base>/<config name>/`` holding a ``last.pt`` (None if there is none)."""
+    """The newest folder under ``<base>/<config name>/`` holding a ``last.pt`` (None if there is none)."""
     root = Path(base) / (cfg.name or "run")
-    runs = sorted((p for p in root.glob("*") if (p / LAST).is_file()), key=lambda p: (p / LAST).stat().st_mtime)
+    runs = [p for p in root.glob("*") if (p / LAST).is_file()]
+    runs.sort(key=lambda p: (p / LAST).stat().st_mtime)
     return runs[-1] if runs else None
 
 
@@ -67,7 +68,7 @@ class RunLogger:
         return atomic_write_text(self.run_dir / CONFIG, cfg.to_yaml())
 
     def reset_history(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite ``metrics.jsonl`` from a checkpoint's history (on resume: drops epochs that will be redone)."""
+        """Rewrite ``metrics.jsonl`` from a checkpoint's history (on resume: drops epochs to be redone)."""
         text = "".join(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n" for row in history)
         atomic_write_text(self.run_dir / METRICS, text)
         self._open_tensorboard(purge_step=len(history))

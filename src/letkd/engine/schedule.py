@@ -20,7 +20,8 @@ def lr_at_epoch(train: TrainConfig, epoch: int) -> float:
     ``step``: ``lr · gamma^k`` where ``k`` counts the milestones ``<= epoch`` (lr 0.05, milestones
     150/180/210, gamma 0.1 → epoch 149: 0.05, 150: 0.005, 180: 5e-4, 210: 5e-5).
     ``cosine``: from ``lr`` down to ``min_lr`` over the epochs after the warm-up.
-    Warm-up: during the first ``warmup_epochs`` epochs the value is scaled by ``(epoch + 1) / (warmup_epochs + 1)``.
+    Warm-up: during the first ``warmup_epochs`` epochs the value is scaled by
+    ``(epoch + 1) / (warmup_epochs + 1)``.
     """
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")

@@ -1,6 +1,7 @@
 """The training loop: epochs of SGD over a :class:`~letkd.methods.base.Distiller`, evaluation, checkpoints.
 
-One :class:`Trainer` runs on every process of a ``torchrun`` job; rank 0 alone writes files and shows progress.
+One :class:`Trainer` runs on every process of a ``torchrun`` job; rank 0 alone writes files and shows
+progress.
 Every epoch ``e`` (0-based) seeds its randomness (shuffle order, augmentation, dropout) from
 ``(cfg.seed, e, rank)``, sets the learning rate from the schedule once, trains, evaluates the student on the
 test set and writes ``last.pt`` (and ``best.pt`` when top-1 improved) before logging the epoch — so a run
@@ -68,7 +69,10 @@ def build_optimizer(params: list[nn.Parameter], train: TrainConfig) -> torch.opt
         return torch.optim.SGD(params, weight_decay=train.weight_decay, **kwargs)
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.SGD([g for g in groups if g["params"]], **kwargs)
 
 
@@ -94,7 +98,7 @@ def evaluate(
     Under DDP the sums are all-reduced, so every rank returns the accuracy on the whole test set.
     """
     meter = SumMeter()
-    batches = tqdm(loader, desc="eval", leave=False, file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    batches = tqdm(loader, desc="eval", leave=False, file=sys.stderr, disable=not progress)
     for batch in batches:
         images, labels = _to_device(batch, device, channels_last)
         with autocast_context(device, amp):
@@ -126,7 +130,7 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def graft_spec_of(student: nn.Module) -> list:
-    """The KD layers grafted into ``student`` (``letkd.graft.graft_spec``), or ``[]`` without grafting support."""
+    """The KD layers grafted into ``student`` (``letkd.graft.graft_spec``); ``[]`` if grafting is absent."""
     try:
         from letkd.graft import graft_spec
     except ImportError:
@@ -164,7 +168,8 @@ class Trainer:
         if not self.trainable:
             raise ValueError("the distiller has no trainable parameters")
         self.optimizer = build_optimizer(self.trainable, tc)
-        self.scaler = torch.amp.GradScaler("cuda") if tc.amp == "fp16" and self.device.type == "cuda" else None
+        use_scaler = tc.amp == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.model: nn.Module = self.distiller
         if self.info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
