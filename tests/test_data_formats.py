@@ -349,3 +349,47 @@ def test_idx_corrupt_files_give_clear_errors(tmp_path):
     path.write_bytes(_idx_bytes(np.zeros((4, 28, 28), np.uint8)))  # 4 images, 5 labels
     with pytest.raises(DatasetFormatError, match="labels for 4 images"):
         create_dataset("fashion_mnist", "train", root=tmp_path)
+
+
+# ---------------------------------------------------------------- download=True (network calls replaced)
+
+
+def test_download_fetches_missing_fashion_mnist(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    source = tmp_path / "source"
+    arrays = _write_fashion(source)
+    fetched = []
+
+    def fake_download_url(url, root, filename=None, md5=None, **kwargs):
+        fetched.append((url, md5))
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / filename).write_bytes((source / filename).read_bytes())
+
+    monkeypatch.setattr(tv_utils, "download_url", fake_download_url)
+    root = tmp_path / "store"
+    with pytest.raises(DatasetNotFoundError):
+        create_dataset("fashion_mnist", "train", root=root)
+    train = create_dataset("fashion_mnist", "train", root=root, download=True, transform=None)
+    assert train.targets == arrays["train-labels-idx1-ubyte"].tolist()
+    assert len(fetched) == 4 and all(md5 for _, md5 in fetched)
+    assert (root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+    create_dataset("fashion_mnist", "test", root=root, download=True)
+    assert len(fetched) == 4  # already there: nothing fetched again
+
+
+def test_download_fetches_missing_cifar100(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    rng = np.random.default_rng(7)
+    calls = []
+
+    def fake_download_and_extract(url, download_root, filename=None, md5=None, **kwargs):
+        calls.append((url, md5))
+        folder = Path(download_root) / "cifar-100-python"
+        for split, n in (("train", 4), ("test", 2)):
+            _write_pickle(folder / split, _cifar_batch(rng, n, b"fine_labels", 100)[0])
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download_and_extract)
+    test = create_dataset("cifar100", "test", root=tmp_path, download=True)
+    assert len(test) == 2 and calls[0][0].endswith("cifar-100-python.tar.gz") and calls[0][1]
