@@ -1,0 +1,88 @@
+"""FitNet — "FitNets: Hints for Thin Deep Nets" (Romero et al., ICLR 2015).
+
+A learned regressor maps the student's hint feature to the teacher's; loss
+``ce_weight · CE + weight · MSE(regressor(f_s), f_t)``. Defaults (CRD/RepDistiller CIFAR-100:
+``--hint_layer 2 -r 1 -a 0 -b 100``): hint at the output of stage 2 of both networks, ``weight 100``,
+``ce_weight 1``. The regressor is RepDistiller's ``ConvReg`` (conv + BN + ReLU, see :class:`HintRegressor`);
+it is used in training only, so the deployed student has no extra parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from letkd.config import ConfigError
+from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
+from letkd.methods.features import probe_shapes, resolve_taps, student_features, teacher_features
+
+
+class HintRegressor(nn.Module):
+    """RepDistiller's ``ConvReg``: ``(B, C_s, H_s, W_s) -> (B, C_t, H_t, W_t)`` by conv, BN and ReLU.
+
+    The conv depends on the grids: ``H_s == 2·H_t`` → 3×3 stride 2; ``2·H_s == H_t`` → 4×4 transposed conv
+    stride 2; ``H_s >= H_t`` → a ``(1+H_s−H_t) × (1+W_s−W_t)`` conv (1×1 when the grids match).
+    """
+
+    def __init__(self, student_shape: tuple[int, int, int], teacher_shape: tuple[int, int, int]):
+        super().__init__()
+        s_c, s_h, s_w = student_shape
+        t_c, t_h, t_w = teacher_shape
+        if s_h == 2 * t_h:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+        elif 2 * s_h == t_h:
+            self.conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+        elif s_h >= t_h:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+        else:
+            raise ValueError(f"no regressor from student grid {s_h}×{s_w} to teacher grid {t_h}×{t_w}")
+        self.bn = nn.BatchNorm2d(t_c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_s, H_s, W_s) -> (B, C_t, H_t, W_t)``."""
+        return F.relu(self.bn(self.conv(x)))
+
+
+@register_method("fitnet")
+class FitNet(Distiller):
+    """Hint-based feature regression at one student/teacher tap pair."""
+
+    requires_teacher = True
+
+    class Params(MethodParams):
+        """``method.params`` of ``fitnet``."""
+
+        student_tap: str = "stage2"
+        teacher_tap: str = "stage2"
+        weight: float = Field(100.0, ge=0)
+        ce_weight: float = Field(1.0, ge=0)
+
+    def __init__(self, student, teacher, params: Params | None = None, context: MethodContext | None = None):
+        super().__init__(student, teacher)
+        self.params = params = params or self.Params()
+        input_size = context.input_size if context is not None else (3, 32, 32)
+        (self.student_path,) = resolve_taps(student, [params.student_tap], "student")
+        (self.teacher_path,) = resolve_taps(teacher, [params.teacher_tap], "teacher")
+        s_shape = probe_shapes(student, [self.student_path], input_size)[self.student_path]
+        t_shape = probe_shapes(teacher, [self.teacher_path], input_size)[self.teacher_path]
+        try:
+            self.regressor = HintRegressor(s_shape, t_shape)
+        except ValueError as exc:
+            raise ConfigError(
+                f"fitnet: student tap {params.student_tap!r} {s_shape} cannot be regressed to teacher tap "
+                f"{params.teacher_tap!r} {t_shape}: {exc}; choose taps where the student grid is at least "
+                "the teacher's or exactly half of it"
+            ) from None
+
+    def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
+        """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
+        logits, feats = student_features(self.student, [self.student_path], images)
+        target = teacher_features(self.teacher, [self.teacher_path], images)[self.teacher_path]
+        hint = self.regressor(feats[self.student_path])
+        p = self.params
+        return logits, {
+            "loss_ce": p.ce_weight * F.cross_entropy(logits, labels),
+            "loss_kd": p.weight * F.mse_loss(hint, target),
+        }

@@ -1,0 +1,43 @@
+"""Hinton KD — "Distilling the Knowledge in a Neural Network" (Hinton, Vinyals & Dean, 2015).
+
+Loss: ``ce_weight · CE(s, y) + kd_weight · KL(softmax(t/T) ‖ softmax(s/T)) · T²``. Defaults are the
+CRD/RepDistiller CIFAR-100 setting (``-r 0.1 -a 0.9``, T = 4): ``ce_weight 0.1``, ``kd_weight 0.9``, ``T 4``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
+from letkd.methods.losses import kd_loss
+
+
+@register_method("kd")
+class KD(Distiller):
+    """Logit distillation with a temperature; the teacher runs to its logits under no-grad."""
+
+    requires_teacher = True
+
+    class Params(MethodParams):
+        """``method.params`` of ``kd``."""
+
+        temperature: float = Field(4.0, gt=0)
+        ce_weight: float = Field(0.1, ge=0)
+        kd_weight: float = Field(0.9, ge=0)
+
+    def __init__(self, student, teacher, params: Params | None = None, context: MethodContext | None = None):
+        super().__init__(student, teacher)
+        self.params = params or self.Params()
+
+    def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
+        """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
+        logits = self.student(images)
+        with torch.no_grad():
+            logits_teacher = self.teacher(images)
+        p = self.params
+        return logits, {
+            "loss_ce": p.ce_weight * F.cross_entropy(logits, labels),
+            "loss_kd": p.kd_weight * kd_loss(logits, logits_teacher, p.temperature),
+        }

@@ -1,0 +1,191 @@
+"""What letKD and QuEST share: the ``layers`` params format and the teacher-side targets of each layer.
+
+A layer pairs a student tap (where template scores are read) with a teacher tap (whose features the
+supervision module turns into per-location target distributions):
+
+```yaml
+layers:
+  - {kind: subclass, student_tap: intermediate, teacher_tap: intermediate, teacher_pool: false,
+     alpha: 1.0, weight: 1.0, subclasses_per_class: 8, lda_components: 60}
+  - {kind: codebook, student_tap: penultimate, teacher_tap: penultimate, teacher_pool: false,
+     alpha: 1.0, weight: 1.0, num_templates: 4096, temperature: 1.0}
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from letkd.config import ConfigError
+from letkd.methods.base import MethodParams
+from letkd.methods.features import (
+    check_same_grid,
+    pool2x2,
+    probe_shapes,
+    resolve_taps,
+    teacher_features,
+)
+
+
+class _LayerParams(MethodParams):
+    student_tap: str = Field(description="student tap name or module path")
+    teacher_tap: str = Field(description="teacher tap name or module path")
+    teacher_pool: bool = Field(False, description="2×2 average-pool the teacher feature (heterogeneous)")
+    weight: float = Field(1.0, ge=0, description="weight of this layer's template KL loss")
+
+
+class CodebookLayer(_LayerParams):
+    """A penultimate-style layer supervised by K-means soft assignments (SPEC §2)."""
+
+    kind: Literal["codebook"]
+    alpha: float = Field(1.0, description="residual weight of the KD layer's value path")
+    num_templates: int = Field(4096, ge=1, description="K, the number of K-means centres / templates")
+    temperature: float = Field(1.0, gt=0, description="τ of softmax(−τ·‖f − ρ_k‖²)")
+
+
+class SubclassLayer(_LayerParams):
+    """An intermediate layer supervised by LDA sub-class decisions (SPEC §3)."""
+
+    kind: Literal["subclass"]
+    alpha: float = Field(1.0, description="residual weight of the KD layer's value path")
+    subclasses_per_class: int = Field(8, ge=1)
+    lda_components: int = Field(60, ge=1)
+
+
+class QuestLayer(_LayerParams):
+    """QuEST's single codebook layer: no value path (so no ``alpha``), τ = 5 by default (SPEC §10)."""
+
+    kind: Literal["codebook"] = "codebook"
+    num_templates: int = Field(4096, ge=1)
+    temperature: float = Field(5.0, gt=0)
+
+
+LetKDLayer = Annotated[CodebookLayer | SubclassLayer, Field(discriminator="kind")]
+AnyLayer = CodebookLayer | SubclassLayer | QuestLayer
+
+
+def expected_templates(layer: AnyLayer, num_classes: int) -> int:
+    """Number of templates K a layer's supervision produces."""
+    if isinstance(layer, SubclassLayer):
+        return num_classes * layer.subclasses_per_class
+    return layer.num_templates
+
+
+def loss_names(layers: Sequence[AnyLayer]) -> list[str]:
+    """``loss_kd_<student tap>`` per layer (dots become underscores; repeated taps get an index)."""
+    names: list[str] = []
+    for i, layer in enumerate(layers):
+        name = "loss_kd_" + layer.student_tap.replace(".", "_")
+        names.append(name if name not in names else f"{name}_{i}")
+    return names
+
+
+class TeacherTargets(nn.Module):
+    """Per-layer teacher targets: teacher taps (no grad, early stop) → optional 2×2 pool → supervision.
+
+    Holds the supervision modules (so they follow ``.to(device)``) and the teacher tap paths; built once
+    per run, it checks every layer with a dummy forward (see :meth:`check`).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        layers: Sequence[AnyLayer],
+        supervision: Sequence[nn.Module | None] | None,
+        method: str,
+    ) -> None:
+        super().__init__()
+        if supervision is None or len(supervision) != len(layers):
+            n = "none" if supervision is None else len(supervision)
+            raise ConfigError(
+                f"method {method!r} needs one supervision module per entry of params.layers "
+                f"({len(layers)}), got {n}"
+            )
+        for i, (layer, sup) in enumerate(zip(layers, supervision)):
+            if sup is None:
+                raise ConfigError(f"method {method!r}: layer {i} ({layer.kind}) has no supervision module")
+            if isinstance(layer, (CodebookLayer, QuestLayer)) and hasattr(sup, "temperature"):
+                sup.temperature = layer.temperature
+        self.method = method
+        self.layers = list(layers)
+        self.supervision = nn.ModuleList(supervision)
+        self.teacher_paths = resolve_taps(teacher, [layer.teacher_tap for layer in layers], "teacher")
+        self._teacher = [teacher]  # not a submodule: the Distiller owns the teacher
+
+    def check(
+        self,
+        student_shapes: Sequence[tuple[int, ...]],
+        input_size: tuple[int, int, int],
+        num_classes: int,
+    ) -> list[int]:
+        """Verify grids and supervision dims with a dummy teacher forward; return K per layer.
+
+        ``student_shapes``: ``(C, H, W)`` at each layer's student tap. Raises :class:`ConfigError` naming
+        the taps and shapes on the first mismatch.
+        """
+        teacher = self._teacher[0]
+        t_shapes = probe_shapes(teacher, self.teacher_paths, input_size)
+        device = next(iter(self.supervision.buffers()), torch.zeros(0)).device
+        ks = []
+        for i, (layer, sup, path, s_shape) in enumerate(
+            zip(self.layers, self.supervision, self.teacher_paths, student_shapes)
+        ):
+            t_shape = t_shapes[path]
+            if len(t_shape) == 3 and layer.teacher_pool:
+                t_shape = (t_shape[0], t_shape[1] // 2, t_shape[2] // 2)
+            check_same_grid(layer.student_tap, s_shape, layer.teacher_tap, t_shape, layer.teacher_pool)
+            dim = getattr(sup, "dim", None)
+            if dim is not None and dim != t_shape[0]:
+                raise ConfigError(
+                    f"layer {i}: the {layer.kind} supervision expects {dim}-channel features but teacher "
+                    f"tap {layer.teacher_tap!r} gives {t_shape} (C, H, W); was it fitted on another tap "
+                    "or teacher?"
+                )
+            feats = torch.rand(2, *t_shape, device=device)
+            labels = torch.zeros(2, dtype=torch.long, device=device)
+            try:
+                out = sup.targets(feats, labels) if layer.kind == "subclass" else sup.targets(feats)
+            except (RuntimeError, ValueError) as exc:
+                raise ConfigError(
+                    f"layer {i}: the {layer.kind} supervision rejects teacher tap {layer.teacher_tap!r} "
+                    f"features of shape {t_shape}: {exc}"
+                ) from None
+            k = int(out.shape[1])
+            want = expected_templates(layer, num_classes)
+            source = "num_classes × subclasses_per_class" if layer.kind == "subclass" else "num_templates"
+            if k != want:
+                raise ConfigError(
+                    f"layer {i}: the {layer.kind} supervision gives {k} targets per location but params say "
+                    f"{want} ({source})"
+                )
+            ks.append(k)
+        return ks
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Targets ``(B, K_i, H_i, W_i)`` per layer for a batch ``images (B, 3, H, W)``, ``labels (B,)``."""
+        feats = teacher_features(self._teacher[0], self.teacher_paths, images)
+        out = []
+        for layer, sup, path in zip(self.layers, self.supervision, self.teacher_paths):
+            f = pool2x2(feats[path]) if layer.teacher_pool else feats[path]
+            out.append(sup.targets(f, labels) if layer.kind == "subclass" else sup.targets(f))
+        return out
+
+
+def student_shapes(
+    student: nn.Module, layers: Sequence[AnyLayer], input_size: tuple[int, int, int]
+) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Module paths and ``(C, H, W)`` of each layer's student tap (dummy forward, eval mode)."""
+    paths = resolve_taps(student, [layer.student_tap for layer in layers], "student")
+    shapes = probe_shapes(student, paths, input_size)
+    for layer, path in zip(layers, paths):
+        if len(shapes[path]) != 3:
+            raise ConfigError(
+                f"student tap {layer.student_tap!r} outputs {shapes[path]}, not a (C, H, W) map"
+            )
+    return paths, [shapes[p] for p in paths]
