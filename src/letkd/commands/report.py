@@ -1,0 +1,68 @@
+"""``letkd report RUN_DIR... [--out DIR]``: Markdown/CSV tables and an accuracy plot across run folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+examples:
+  letkd report runs/                          # every run folder below runs/
+  letkd report runs/cifar100-resnet56_resnet20-letkd2 runs/cifar100-resnet56_resnet20-kd --out results
+  letkd report runs/ --include-unfinished     # also runs still training (from metrics.jsonl)
+
+A run folder holds config.yaml, metrics.jsonl and summary.json (as written by 'letkd train' and
+'letkd run'). Runs whose configs differ only by seed (and by paths, device or worker settings) form one
+group; each group gets n, best and last test top-1 as mean ± sample std over its runs, teacher top-1,
+the parameters the method adds, and seconds per epoch. Methods are labelled letkd1/letkd2 by their
+number of KD layers. Writes DIR/report.md, DIR/report.csv and DIR/accuracy.png (test top-1 per epoch,
+mean over seeds) and prints the table. Folders that cannot be used (missing or corrupt files, diverged
+or unfinished runs) are listed with the reason on stderr and in report.md.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``letkd report``."""
+    p = subparsers.add_parser(
+        "report",
+        help="tables and plots across run folders",
+        description="Summarise run folders: group runs by configuration over seeds, write a Markdown table, "
+        "a CSV and an accuracy plot, and print the table.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="RUN_DIR", help="run folders, or folders to search recursively"
+    )
+    p.add_argument("--out", metavar="DIR", default="report", help="output folder (default: ./report)")
+    p.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="also use runs without summary.json or not completed (best/last from metrics.jsonl)",
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``letkd report``; returns 1 if no usable run folder is found."""
+    from letkd.report import ReportError, SkippedRun, collect_runs, summarize, to_markdown, write_outputs
+
+    skipped: list[SkippedRun] = []
+    try:
+        records = collect_runs(args.paths, skipped, include_unfinished=args.include_unfinished)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    if not records:
+        print("error: no usable runs found", file=sys.stderr)
+        return 1
+    rows = summarize(records)
+    written = write_outputs(rows, args.out, skipped)
+    print(to_markdown(rows), end="")
+    print(
+        f"\n{len(records)} runs in {len(rows)} groups; wrote " + ", ".join(str(p) for p in written.values())
+    )
+    return 0
