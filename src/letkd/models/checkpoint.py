@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refused to load {path}: unpickling it would execute code (it holds objects other than "
-            f"tensors and plain containers). Re-save its state_dict from trusted code. Detail: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"tensors and plain containers{_unpickler_reason(exc)}). If you trust the file, re-save its "
+            f"state_dict with torch.save(model.state_dict(), ...) from the code that made it."
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
@@ -144,6 +145,12 @@ def _plain_metadata(value: Any) -> Any:
         items = [_plain_metadata(v) for v in value]
         return _SKIP if any(v is _SKIP for v in items) else type(value)(items)
     return value
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The "Unsupported global: …" part of torch's weights-only error, if present."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return f"; it needs {match.group(1)}" if match else ""
 
 
 def _strip_wrapper_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -103,7 +103,7 @@ class MobileNetV2Cifar(nn.Module):
             "stage4": "blocks.6",
             "intermediate": "blocks.5.0",
             "penultimate": "conv2",
-            "classifier": "classifier",
+            "classifier": "classifier.0",
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -141,7 +141,8 @@ def _resnet_like_taps(model: nn.Module) -> dict[str, str]:
 
 
 def _timm_taps(model: nn.Module) -> dict[str, str]:
-    """timm models: stages from ``feature_info``; intermediate = block of the last strided conv/pool."""
+    """timm models: stages from ``feature_info``; penultimate = the child feeding the head (the map the
+    classifier pools); intermediate = the block holding the last strided conv/pool."""
     info = [entry for entry in model.feature_info if entry.get("module")]
     if not info:
         raise TapInferenceError(f"timm model {type(model).__name__} has no feature_info; pass module paths")
@@ -153,8 +154,21 @@ def _timm_taps(model: nn.Module) -> dict[str, str]:
     for i, path in enumerate(stages, start=1):
         taps[f"stage{i}"] = path
     taps["intermediate"] = _last_downsampling_block(model, "")
-    taps["penultimate"] = info[-1]["module"]
+    taps["penultimate"] = _child_before_head(model) or info[-1]["module"]
     return taps
+
+
+_HEAD_NAMES = ("global_pool", "avgpool", "head", "fc", "classifier")
+
+
+def _child_before_head(model: nn.Module) -> str | None:
+    """Name of the top-level child registered just before the pooling/classifier head (e.g. timm ``bn2``)."""
+    previous = None
+    for name, _child in model.named_children():
+        if name in _HEAD_NAMES:
+            return previous
+        previous = name
+    return None
 
 
 def _features_taps(model: nn.Module, features: str) -> dict[str, str]:
