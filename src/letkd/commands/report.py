@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     rows = summarize(records)
     written = write_outputs(rows, args.out, skipped)
     print(to_markdown(rows), end="")
-    print(
-        f"\n{len(records)} runs in {len(rows)} groups; wrote " + ", ".join(str(p) for p in written.values())
-    )
+    runs = f"{len(records)} run{'s' * (len(records) != 1)}"
+    groups = f"{len(rows)} group{'s' * (len(rows) != 1)}"
+    print(f"\n{runs} in {groups}; wrote " + ", ".join(str(p) for p in written.values()))
     return 0
