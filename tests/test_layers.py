@@ -100,7 +100,8 @@ def test_cosine_conv_invariances_and_bounds(cin, cout):
     torch.testing.assert_close(conv(x), y, atol=1e-5, rtol=1e-5)
     # equals the explicit formula s * <w/|w|, x/|x|>
     w = conv.weight.flatten(1)
-    expected = 2.5 * torch.einsum("kc,bchw->bkhw", w / w.norm(dim=1, keepdim=True), x / x.norm(dim=1, keepdim=True))
+    unit_x = x / x.norm(dim=1, keepdim=True)
+    expected = 2.5 * torch.einsum("kc,bchw->bkhw", w / w.norm(dim=1, keepdim=True), unit_x)
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -132,7 +133,8 @@ def test_cosine_conv_init_and_scale_options():
 def test_cosine_conv_gradcheck(cin, cout):
     conv = CosineConv2d(cin, cout, scale=1.7).double()
     x = torch.randn(2, cin, 2, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda inp, w, s: _cos_call(conv, inp, w, s), (x, conv.weight, conv.scale))
+    inputs = (x, conv.weight, conv.scale)
+    assert torch.autograd.gradcheck(lambda inp, w, s: _cos_call(conv, inp, w, s), inputs)
 
 
 def _cos_call(conv: CosineConv2d, x, weight, scale):

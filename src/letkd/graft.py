@@ -169,7 +169,7 @@ def _unhide_child(target: nn.Module, name: str) -> None:
 
 
 class GraftHandle:
-    """A graft point of ``model``: ``.target`` (module path), ``.name``, ``.module``, ``.scores``, ``.remove()``."""
+    """A graft point: ``target`` (module path), ``name``, ``module``, ``scores`` and ``remove()``."""
 
     def __init__(self, model: nn.Module, target: str, name: str) -> None:
         self.model = model
@@ -220,6 +220,8 @@ def graft(model: nn.Module, target: str, module: nn.Module, name: str = GRAFT_NA
             :func:`letkd.models.resolve_tap` (``"penultimate"``, ``"intermediate"``).
         module: maps the target's output ``(B, C, H, W)`` to ``(x_hat, scores)`` or to ``scores`` only.
         name: attribute name of the module inside the target (state_dict keys ``<target>.<name>.*``).
+
+    ``module`` is switched to the target's train/eval mode.
     """
     path = resolve_target(model, target)
     host = model.get_submodule(path)
@@ -230,6 +232,7 @@ def graft(model: nn.Module, target: str, module: nn.Module, name: str = GRAFT_NA
     if name in host._modules or hasattr(host, name):
         raise GraftError(f"{path!r} already has an attribute {name!r}; choose another graft name")
     tracker = _tracker(model, create=True)
+    module.train(host.training)  # a graft into an eval-mode model starts in eval mode too
     host.add_module(name, module)
     _hide_child(host, name)
     hook = _GraftHook(name, path, tracker)
@@ -244,7 +247,7 @@ def graft_kd_layers(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[s
 
 
 def ungraft(model: nn.Module, target: str) -> nn.Module:
-    """Remove the graft at ``target`` from ``model`` (hook, child, class swap) and return the detached module."""
+    """Remove the graft at ``target`` (hook, child, class swap); return the detached module."""
     path = resolve_target(model, target)
     host = model.get_submodule(path)
     found = _graft_hook(host)
@@ -370,15 +373,17 @@ def apply_graft_spec(model: nn.Module, spec: Iterable[Mapping[str, Any]]) -> lis
 def load_into_grafted(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Load a checkpoint into a grafted ``model``: all base keys strictly, graft keys when present.
 
-    A vanilla (un-grafted, e.g. RepDistiller) state_dict loads with only the graft modules left as initialised;
-    a grafted one loads completely. Raises ``RuntimeError`` for any other missing or unexpected key (nothing
+    A vanilla (un-grafted, e.g. RepDistiller) state_dict loads with the graft modules left as initialised; a
+    grafted one loads completely. Raises ``RuntimeError`` for any other missing or unexpected key (nothing
     is loaded then). Returns the graft keys the state_dict did not provide.
     """
     prefixes = tuple(f"{path}.{mod_name}." for path, mod_name in _graft_names(model))
     expected = set(model.state_dict().keys())
     given = set(state_dict.keys())
-    missing = sorted(expected - given)
-    missing_base = [k for k in missing if not k.startswith(prefixes)]
+    # BatchNorm fills in a missing num_batches_tracked itself (checkpoints of old PyTorch versions lack it)
+    missing_base = sorted(
+        k for k in expected - given if not k.startswith(prefixes) and not k.endswith("num_batches_tracked")
+    )
     unexpected = sorted(given - expected)
     if missing_base or unexpected:
         raise RuntimeError(
@@ -386,8 +391,7 @@ def load_into_grafted(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
             f"{' …' if len(missing_base) > 10 else ''}, unexpected keys {unexpected[:10]}"
             f"{' …' if len(unexpected) > 10 else ''}"
         )
-    model.load_state_dict(state_dict, strict=False)
-    return missing
+    return model.load_state_dict(state_dict, strict=False).missing_keys
 
 
 class BakedGraft(nn.Module):
@@ -433,9 +437,8 @@ def _graft_hook(module: nn.Module) -> tuple[int, _GraftHook] | None:
 
 
 def _graft_names(model: nn.Module) -> Sequence[tuple[str, str]]:
-    return [
-        (path, found[1].name) for path, mod in model.named_modules() if (found := _graft_hook(mod)) is not None
-    ]
+    named = ((path, _graft_hook(mod)) for path, mod in model.named_modules())
+    return [(path, found[1].name) for path, found in named if found is not None]
 
 
 def _tracker(model: nn.Module, create: bool) -> _GraftTracker | None:

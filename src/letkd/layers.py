@@ -23,8 +23,8 @@ class CosineConv2d(nn.Module):
         scale: initial value of the scalar scale ``s`` (a parameter of shape ``(1,)``); ``None`` = no scale.
         learn_scale: whether ``s`` is trained.
 
-    Input ``(B, C_in, H, W)`` → output ``(B, C_out, H, W)``. ``weight`` has shape ``(C_out, C_in, 1, 1)`` and is
-    initialised Normal(0, sqrt(2 / C_in)).
+    Input ``(B, C_in, H, W)`` → output ``(B, C_out, H, W)``. ``weight`` has shape ``(C_out, C_in, 1, 1)``
+    and is initialised Normal(0, sqrt(2 / C_in)).
     """
 
     def __init__(
@@ -95,12 +95,12 @@ class KDLayer(nn.Module):
     ``bn`` (``BatchNorm2d(K)``) and ``values`` (:class:`CosineConv2d` ``K → channels``, learnable scale
     ``value_scale``). ``alpha`` is a fixed hyper-parameter (a plain attribute, not in the state_dict).
 
-    ``forward(x)`` with ``x`` of shape ``(B, C, H, W)`` returns ``(x_hat, scores)``: ``x_hat`` ``(B, C, H, W)``
-    is what the next layer receives, ``scores`` ``(B, K, H, W)`` are the pre-BN template logits that the
-    distillation loss supervises.
+    ``forward(x)`` with ``x`` of shape ``(B, C, H, W)`` returns ``(x_hat, scores)``: ``x_hat``
+    ``(B, C, H, W)`` is what the next layer receives, ``scores`` ``(B, K, H, W)`` are the pre-BN template
+    logits that the distillation loss supervises.
 
-    With ``alpha == 0`` the value path is skipped entirely and ``x_hat`` *is* ``x``; ``bn`` and ``values`` then
-    take no part in the forward (their BN statistics are not updated), see :attr:`uses_value_path` and
+    With ``alpha == 0`` the value path is skipped entirely and ``x_hat`` *is* ``x``; ``bn`` and ``values``
+    then take no part in the forward (their BN statistics are not updated), see :attr:`uses_value_path` and
     :meth:`value_path_parameters` — a DDP trainer must either freeze those parameters or use
     ``find_unused_parameters=True``.
     """

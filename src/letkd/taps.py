@@ -43,7 +43,7 @@ class _StopForward(Exception):
 
 
 def resolve_tap_path(model: nn.Module, tap: str) -> str:
-    """Module path for ``tap``: a module path of ``model`` or a tap name (``"penultimate"``) of a zoo model."""
+    """Module path for ``tap``: a module path of ``model`` or a tap name such as ``"penultimate"``."""
     try:
         model.get_submodule(tap)
         return tap
@@ -64,7 +64,9 @@ def resolve_tap_path(model: nn.Module, tap: str) -> str:
     listing = ", ".join(close) if close else ", ".join(paths[:40]) + (" …" if len(paths) > 40 else "")
     kind = "close matches" if close else "valid module paths"
     names_hint = f"; tap names: {', '.join(tap_names)}" if tap_names else ""
-    raise UnknownTapPathError(f"{tap!r} is not a module of {type(model).__name__}; {kind}: {listing}{names_hint}")
+    raise UnknownTapPathError(
+        f"{tap!r} is not a module of {type(model).__name__}; {kind}: {listing}{names_hint}"
+    )
 
 
 class FeatureTaps:
@@ -81,7 +83,8 @@ class FeatureTaps:
         clone: store copies of the tapped tensors (guards against later in-place ops), see module docs.
 
     Use as a context manager or call :meth:`remove`. ``taps(*inputs)`` runs ``model`` and returns
-    ``{tap: tensor}``; running ``model`` directly also records (read :attr:`features`).
+    ``{tap: tensor}``; running ``model`` directly also records (read :attr:`features`). Calls of a tapped
+    module outside a forward pass of ``model`` are ignored.
     """
 
     def __init__(
@@ -116,7 +119,11 @@ class FeatureTaps:
         self._captured: dict[str, Any] = {}
         self._versions: dict[str, int] = {}
         self._calls: dict[str, int] = {}
-        self._handles = [model.register_forward_pre_hook(self._start)]
+        self._depth = 0
+        self._handles = [
+            model.register_forward_pre_hook(self._start),
+            model.register_forward_hook(self._finish, always_call=True),
+        ]
         for path in self._want:
             module = model.get_submodule(path)
             self._handles.append(module.register_forward_hook(self._make_hook(path)))
@@ -124,12 +131,19 @@ class FeatureTaps:
     # -- hooks ---------------------------------------------------------------------------------------------
 
     def _start(self, module: nn.Module, args: Any) -> None:
-        self._captured.clear()
-        self._versions.clear()
-        self._calls = dict.fromkeys(self._want, 0)
+        self._depth += 1
+        if self._depth == 1:
+            self._captured.clear()
+            self._versions.clear()
+            self._calls = dict.fromkeys(self._want, 0)
+
+    def _finish(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._depth = max(self._depth - 1, 0)
 
     def _make_hook(self, path: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self._depth == 0:  # the module was called on its own, not within a forward of the model
+                return
             call = self._calls.get(path, 0)
             self._calls[path] = call + 1
             want = self._want[path]

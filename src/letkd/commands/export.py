@@ -55,7 +55,7 @@ def build_student(
     model_name: str | None = None,
     num_classes: int | None = None,
 ) -> nn.Module:
-    """The student of a checkpoint: created by name, grafted per ``meta["grafts"]``, weights loaded strictly."""
+    """The student of a checkpoint: built by name, grafted per ``meta["grafts"]``, weights loaded strictly."""
     from letkd.models import create_model
 
     name = model_name or meta.get("model_name")
@@ -91,22 +91,23 @@ def write_pt2(program: torch.export.ExportedProgram, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def write_onnx(model: nn.Module, input_size: Sequence[int], path: Path) -> None:
-    """Atomically write ``bake(model)`` as ONNX (needs the ``onnx`` and ``onnxscript`` packages)."""
+def write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
+    """Atomically write an exported program as ONNX (needs the ``onnx`` and ``onnxscript`` packages)."""
     try:
         import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError("ONNX export needs the onnx package: pip install letkd[onnx]") from exc
-    baked = bake(model).eval()
-    example = (torch.randn(2, *input_size),)
+        raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install letkd[onnx]") from (
+            exc
+        )
+    onnx_program = torch.onnx.export(
+        program, dynamo=True, input_names=["images"], output_names=["logits"], verbose=False
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
-        torch.onnx.export(
-            baked, example, tmp, input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-        )
+        onnx_program.save(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -122,21 +123,23 @@ def run_export(args: argparse.Namespace) -> int:
     input_size = parse_input_size(args.input_size or meta.get("input_size"))
     model = build_student(state_dict, meta, args.model, args.num_classes)
     for entry in describe_grafts(model):
-        print(f"graft {entry['target']}: {entry['type']}({entry['settings']}), {entry['parameters']:,} params")
+        settings = f"{entry['type']}({entry['settings']})"
+        print(f"graft {entry['target']}: {settings}, {entry['parameters']:,} params")
 
     out = Path(args.out)
-    if out.suffix == ".onnx":
-        write_onnx(model, input_size, out)
-        print(f"wrote {out}")
-        return 0
     program = export_program(model, input_size)
     example = torch.randn(3, *input_size)
     with torch.no_grad():
         diff = (program.module()(example) - model(example)).abs().max().item()
+    print(f"exported program matches the model (max |difference| = {diff:.2e})")
+    if out.suffix == ".onnx":
+        write_onnx(program, out)
+        print(f"wrote {out}")
+        return 0
     write_pt2(program, out)
-    print(f"wrote {out} (max |exported - eager| = {diff:.2e})")
+    print(f"wrote {out}")
     if args.onnx:
         onnx_path = out.with_suffix(".onnx")
-        write_onnx(model, input_size, onnx_path)
+        write_onnx(program, onnx_path)
         print(f"wrote {onnx_path}")
     return 0

@@ -1,0 +1,66 @@
+"""``letkd export``: a grafted student checkpoint becomes a .pt2 (torch.export) and ONNX file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from letkd.cli import main
+from letkd.graft import graft, graft_spec
+from letkd.layers import KDLayer
+from letkd.models import create_model
+from letkd.utils import atomic_torch_save
+
+
+@pytest.fixture(scope="module")
+def grafted_checkpoint(tmp_path_factory):
+    """A training-engine style checkpoint of a grafted resnet8 with trained-looking KD layers."""
+    torch.manual_seed(1)
+    model = create_model("resnet8", num_classes=7)
+    graft(model, "layer3.0", KDLayer(64, 6))
+    graft(model, "layer3", KDLayer(64, 10, alpha=0.5))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))  # non-trivial BN statistics
+    model.eval()
+    path = tmp_path_factory.mktemp("export") / "student.pt"
+    meta = {"model_name": "resnet8", "num_classes": 7, "input_size": [3, 32, 32], "grafts": graft_spec(model)}
+    atomic_torch_save({"model": model.state_dict(), "epoch": 3, "metrics": {"top1": 0.1}, "meta": meta}, path)
+    return path, model
+
+
+def test_export_pt2_and_onnx_match_the_grafted_model(grafted_checkpoint, tmp_path, capsys):
+    path, model = grafted_checkpoint
+    out = tmp_path / "student.pt2"
+    assert main(["export", str(path), "--out", str(out), "--onnx"]) == 0
+    assert "graft layer3.0" in capsys.readouterr().out
+    program = torch.export.load(out)
+    x = torch.randn(5, 3, 32, 32)  # another batch size than the export example: the batch is dynamic
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(out.with_suffix(".onnx")))
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+
+
+def test_export_of_bare_state_dict_needs_the_model_name(tmp_path):
+    model = create_model("resnet8", num_classes=5).eval()
+    path = tmp_path / "plain.pt"
+    atomic_torch_save(model.state_dict(), path)
+    with pytest.raises(ValueError, match="--model"):
+        main(["export", str(path), "--out", str(tmp_path / "a.pt2")])
+    out = tmp_path / "b.pt2"
+    assert main(["export", str(path), "--out", str(out), "--model", "resnet8", "--num-classes", "5"]) == 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(out).module()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_refuses_kd_weights_without_graft_metadata(grafted_checkpoint, tmp_path):
+    path, model = grafted_checkpoint
+    bare = tmp_path / "bare.pt"
+    atomic_torch_save({"model": model.state_dict()}, bare)
+    with pytest.raises(ValueError, match="graft metadata"):
+        main(["export", str(bare), "--out", str(tmp_path / "c.pt2"), "--model", "resnet8", "--num-classes=7"])
