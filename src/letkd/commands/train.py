@@ -19,6 +19,22 @@ this config); a missing or corrupt checkpoint is an error.
 """
 
 
+class IntermixedArgumentParser(argparse.ArgumentParser):
+    """Accepts positionals after options (``CONFIG --out DIR key=value``), which plain argparse rejects."""
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Parse with :meth:`parse_known_intermixed_args` (which itself calls this method, hence the guard)."""
+        if self._parsing:
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``letkd train``."""
     p = subparsers.add_parser(
@@ -28,6 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.__class__ = IntermixedArgumentParser  # the sub-parser is created by the dispatcher's parser class
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>/<timestamp>)")

@@ -15,7 +15,7 @@ from letkd.config import ConfigError, RunConfig
 from letkd.engine import distributed as dist_utils
 from letkd.engine.checkpoint import CheckpointError
 from letkd.engine.loaders import build_test_loader, build_train_loader
-from letkd.engine.rundir import default_run_dir, latest_run_dir
+from letkd.engine.rundir import LAST, default_run_dir, latest_run_dir
 from letkd.engine.trainer import Trainer
 from letkd.methods.base import Distiller, get_method
 from letkd.utils import seed_everything
@@ -108,7 +108,13 @@ def train_from_config(
     group (and leaves it at the end if it joined). ``resume`` continues from ``run_dir/last.pt`` and fails
     with :class:`CheckpointError` if that is missing or corrupt.
     """
+    if resume and run_dir is not None and not (Path(run_dir) / LAST).is_file():
+        raise CheckpointError(f"cannot resume: no checkpoint at {Path(run_dir) / LAST}")
     already = torch.distributed.is_available() and torch.distributed.is_initialized()
+    deterministic_before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     info, dev = dist_utils.init_distributed(str(device) if device is not None else cfg.train.device)
     try:
         if cfg.train.deterministic and dev.type == "cuda":
@@ -135,5 +141,6 @@ def train_from_config(
             trainer.resume()
         return trainer.fit()
     finally:
+        torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
         if not already:
             dist_utils.cleanup()
