@@ -340,3 +340,13 @@ def test_train_from_config_on_digits(tmp_path):
     loader = torch.utils.data.DataLoader(test, batch_size=100)
     result = evaluate(model.eval(), loader, torch.device("cpu"))
     assert result["top1"] == pytest.approx(summary["last_top1"], abs=1e-9)
+
+
+def test_bf16_autocast_and_channels_last_train(tmp_path):
+    trainer = synthetic_trainer(tmp_path, synthetic_cfg(epochs=1, amp="bf16", channels_last=True))
+    assert trainer.distiller.student.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    summary = trainer.fit()
+    assert summary["status"] == "completed" and math.isfinite(summary["last_top1"])
+    saved = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert set(saved) == set(TinyNet().state_dict())
+    assert all(v.dtype == torch.float32 for k, v in saved.items() if "num_batches" not in k)
