@@ -25,7 +25,7 @@ class IntermixedArgumentParser(argparse.ArgumentParser):
     _parsing = False
 
     def parse_known_args(self, args=None, namespace=None):
-        """Parse with :meth:`parse_known_intermixed_args` (which itself calls this method, hence the guard)."""
+        """Parse with :meth:`parse_known_intermixed_args` (which calls this method again: hence the guard)."""
         if self._parsing:
             return super().parse_known_args(args, namespace)
         self._parsing = True
