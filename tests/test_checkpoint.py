@@ -75,6 +75,14 @@ def test_legacy_serialisation_format(tmp_path):
     _assert_loaded(model, state)
 
 
+def test_numpy_scalar_metadata_is_accepted(tmp_path):
+    state = _random_state(create_model("resnet8"))
+    torch.save({"model": state, "best_acc": np.float64(71.5), "epoch": np.int64(7)}, tmp_path / "np.pth")
+    meta = load_weights(create_model("resnet8"), tmp_path / "np.pth")
+    assert meta["best_acc"] == 71.5 and meta["epoch"] == 7
+    assert type(meta["best_acc"]) is float and type(meta["epoch"]) is int
+
+
 def test_reference_network_layout(tmp_path):
     state = _random_state(create_model("wrn_16_1"))
     path = tmp_path / "teacher.pth"
@@ -135,8 +143,9 @@ def test_file_that_would_execute_code_is_refused(tmp_path):
     with open(path, "wb") as fh:
         pickle.dump({"model": {}, "payload": CodeOnUnpickle()}, fh, protocol=2)
     torch.save({"model": create_model("resnet8").state_dict(), "extra": CodeOnUnpickle()}, tmp_path / "t.pth")
+    torch.save(create_model("resnet8"), tmp_path / "whole_model.pth")  # a pickled nn.Module
     EXECUTED.clear()
-    for p in (path, tmp_path / "t.pth"):
+    for p in (path, tmp_path / "t.pth", tmp_path / "whole_model.pth"):
         with pytest.raises(CheckpointError, match="would execute code") as err:
             load_weights(create_model("resnet8"), p)
         assert "refused" in str(err.value)
@@ -213,3 +222,6 @@ def test_files_without_a_state_dict(tmp_path):
         load_weights(create_model("resnet8"), tmp_path / "b.pth")
     with pytest.raises(CheckpointError, match="not found"):
         load_weights(create_model("resnet8"), tmp_path / "missing.pth")
+    (tmp_path / "c.pth").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_weights(create_model("resnet8"), tmp_path / "c.pth")

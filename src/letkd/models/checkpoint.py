@@ -6,6 +6,7 @@ needs arbitrary code to unpickle is refused, never executed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,15 +42,22 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
         return load_file(str(path), device="cpu")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with _allow_numpy_scalars():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _needs_code(exc):
+            raise CheckpointError(
+                f"cannot read checkpoint {path} (damaged or not a torch file): {_unpickler_detail(exc)}"
+            ) from exc
         raise CheckpointError(
             f"refused to load {path}: unpickling it would execute code (it holds objects other than "
             f"tensors and plain containers{_unpickler_reason(exc)}). If you trust the file, re-save its "
             f"state_dict with torch.save(model.state_dict(), ...) from the code that made it."
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # torch raises many types for damaged or foreign files
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (damaged or not a torch file): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -133,6 +142,8 @@ def _plain_metadata(value: Any) -> Any:
     """``value`` with scalar tensors turned into numbers, or ``_SKIP`` if it holds any larger tensor."""
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else _SKIP
+    if isinstance(value, np.generic):
+        return value.item()
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
@@ -145,6 +156,38 @@ def _plain_metadata(value: Any) -> Any:
         items = [_plain_metadata(v) for v in value]
         return _SKIP if any(v is _SKIP for v in items) else type(value)(items)
     return value
+
+
+def _allow_numpy_scalars() -> contextlib.AbstractContextManager:
+    """Context allowing numpy scalars in weights-only loads (torch >= 2.5; a no-op before)."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    return safe_globals(_numpy_scalar_globals()) if safe_globals else contextlib.nullcontext()
+
+
+def _numpy_scalar_globals() -> list:
+    """Constructors of numpy scalars and numeric dtypes, allowed so that metadata such as an accuracy saved
+    as ``np.float64`` loads; they build plain numbers and import or run nothing else."""
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, f"{n}DType") for n in _NUMPY_NUMERIC if hasattr(dtypes, f"{n}DType")]
+    return allowed
+
+
+_NUMPY_NUMERIC = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+                  "Float16", "Float32", "Float64", "LongLong", "ULongLong", "Long", "ULong")  # fmt: skip
+
+
+def _needs_code(exc: Exception) -> bool:
+    """Whether torch's weights-only unpickler stopped at a global (a class or callable to import/run)."""
+    return bool(re.search(r"Unsupported global|not an allowed global", str(exc)))
+
+
+def _unpickler_detail(exc: Exception) -> str:
+    """The specific part of torch's weights-only error ("Unsupported operand 0"), else the whole text."""
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(exc), re.S)
+    return match.group(1) if match else str(exc)
 
 
 def _unpickler_reason(exc: Exception) -> str:
