@@ -25,6 +25,8 @@ from letkd.utils import atomic_torch_save
 STATE_DICT_KEYS = ("model", "network", "state_dict", "model_state_dict")
 # Prefixes added by wrappers (DataParallel/DDP, torch.compile) that are stripped when every key has them.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Training-state entries never returned as metadata (large, and only meaningful to the trainer).
+TRAINING_STATE_KEYS = frozenset({"optimizer", "scheduler", "lr_scheduler", "scaler", "rng", "rng_state"})
 _MAX_LISTED = 20
 
 
@@ -65,9 +67,9 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
     Accepts ``{"model": sd, ...}`` (RepDistiller/CRD, letkd), ``{"network": sd, ...}`` (letKD/QuEST
     reference), ``{"state_dict": sd}`` and a bare state_dict. Wrapper prefixes (``module.``) are removed.
-    Metadata keeps the other entries that hold no bulky tensors (optimizer states are dropped); one-element
-    tensors such as RepDistiller's ``accuracy`` become Python numbers; ``metadata["format"]`` names
-    the layout.
+    Metadata keeps the other entries that hold no bulky tensors (optimizer/scheduler/RNG states are
+    dropped); one-element tensors and numpy scalars, such as RepDistiller's ``accuracy``, become Python
+    numbers; ``metadata["format"]`` names the layout.
     """
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a dict of tensors")
@@ -85,7 +87,7 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any
         raise CheckpointError(f"entry {key!r} is not a state_dict: non-tensor values at {bad[:5]}")
     meta: dict[str, Any] = {"format": key}
     for k, v in obj.items():
-        if k != key:
+        if k != key and k not in TRAINING_STATE_KEYS:
             plain = _plain_metadata(v)
             if plain is not _SKIP:
                 meta[str(k)] = plain
