@@ -124,7 +124,21 @@ def test_tap_shapes_and_activations_match_paper_tables(name, penultimate, interm
     model = shared_model(name).eval()
     taps = get_taps(model)
     pen, inter = taps["penultimate"], taps["intermediate"]
-    feats = _capture(model, [pen, inter], torch.randn(1, *_input_size(name)))
+    calls = {path: 0 for path in taps.values()}
+
+    def count(path: str):
+        def hook(*_args) -> None:
+            calls[path] += 1
+
+        return hook
+
+    handles = [model.get_submodule(p).register_forward_hook(count(p)) for p in calls]
+    try:
+        feats = _capture(model, [pen, inter], torch.randn(1, *_input_size(name)))
+    finally:
+        for h in handles:
+            h.remove()
+    assert all(n == 1 for n in calls.values()), calls  # each tap fires exactly once per forward
     assert tuple(feats[pen].shape[1:]) == penultimate
     assert tuple(feats[inter].shape[1:]) == intermediate
     assert feats[pen].min() >= 0 and feats[pen].max() > 0
