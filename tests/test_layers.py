@@ -83,7 +83,7 @@ def test_template_kl_matches_reference(layer_ref):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# CosineConv2d properties (SPEC §11.1)
+# CosineConv2d properties
 
 
 @pytest.mark.parametrize("cin,cout", [(8, 24), (24, 8)])  # both code paths (normalise input / divide output)

@@ -79,6 +79,9 @@ def test_tapped_value_is_what_the_next_module_receives_despite_inplace_ops():
     with torch.no_grad(), FeatureTaps(model, ["bn"], clone=False) as taps:
         with pytest.raises(TapError, match="in place"):
             taps(x)
+    # stopping right after the tap: the in-place ReLU never runs, the value is still the pre-activation
+    with torch.no_grad(), FeatureTaps(model, ["bn"], stop_after_last=True) as taps:
+        torch.testing.assert_close(taps(x)["bn"], pre_activation)
     # an output that is not modified later: no copy, no error
     with torch.no_grad(), FeatureTaps(model, ["conv"], clone=False) as taps:
         torch.testing.assert_close(taps(x)["conv"], model.conv(x))

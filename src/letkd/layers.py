@@ -1,4 +1,4 @@
-"""The letKD building blocks: cosine 1×1 convolution, the KD layer and a templates-only head (SPEC §1)."""
+"""The letKD building blocks: cosine 1×1 convolution, the KD layer and a templates-only head."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ _EPS = 1e-12
 class CosineConv2d(nn.Module):
     """1×1 convolution of the per-position L2-normalised input with L2-normalised filters, times ``scale``.
 
-    ``y[b, k, h, w] = s · ⟨w_k / ‖w_k‖, x[b, :, h, w] / max(‖x[b, :, h, w]‖, 1e-12)⟩`` (SPEC §1.1), so
+    ``y[b, k, h, w] = s · ⟨w_k / ‖w_k‖, x[b, :, h, w] / max(‖x[b, :, h, w]‖, 1e-12)⟩``, so
     ``|y| ≤ s`` and an all-zero input position gives a zero output. No bias.
 
     Args:
@@ -89,7 +89,7 @@ class TemplateHead(nn.Module):
 
 
 class KDLayer(nn.Module):
-    """The letKD layer (SPEC §1.2–1.3): ``x ↦ (x + α·values(relu(bn(templates(x)))), templates(x))``.
+    """The letKD layer: ``x ↦ (x + α·values(relu(bn(templates(x)))), templates(x))``.
 
     Submodules: ``templates`` (:class:`CosineConv2d` ``channels → K``, learnable scale ``template_scale``),
     ``bn`` (``BatchNorm2d(K)``) and ``values`` (:class:`CosineConv2d` ``K → channels``, learnable scale

@@ -1,9 +1,10 @@
-"""The letKD distillation loss on template scores (SPEC §1.4) and its logging metrics."""
+"""The letKD distillation loss on template scores and its logging metrics."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 def _check_pair(scores: torch.Tensor, targets: torch.Tensor) -> None:
@@ -14,6 +15,29 @@ def _check_pair(scores: torch.Tensor, targets: torch.Tensor) -> None:
         )
     if scores.dim() < 2:
         raise ValueError(f"expected (B, K, ...) tensors, got shape {tuple(scores.shape)}")
+
+
+class _TemplateKL(torch.autograd.Function):
+    """KL(P ‖ softmax(a)) summed over positions and divided by ``positions``, with a one-pass backward.
+
+    The gradient with respect to the scores is ``(softmax(a) − P) / positions``; computing it directly
+    avoids the chain of full-size temporaries autograd would build through log-softmax, product and sum
+    (the score maps are large: B·K·H·W with K = 4096). Targets are treated as constants.
+    """
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, targets: torch.Tensor, positions: int) -> torch.Tensor:
+        log_q = F.log_softmax(scores, dim=1)
+        loss = (torch.xlogy(targets, targets) - targets * log_q).sum() / positions
+        ctx.save_for_backward(log_q, targets)
+        ctx.positions = positions
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        log_q, targets = ctx.saved_tensors
+        return torch.exp(log_q).sub_(targets).mul_(grad / ctx.positions), None, None
 
 
 def template_kl(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -31,10 +55,12 @@ def template_kl(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """
     _check_pair(scores, targets)
     dtype = torch.promote_types(scores.dtype, torch.float32)
-    log_q = F.log_softmax(scores.to(dtype), dim=1)
-    p = targets.to(dtype)
     positions = scores.numel() // scores.shape[1]
-    return (torch.xlogy(p, p) - p * log_q).sum() / positions
+    p = targets.to(dtype)
+    if targets.requires_grad:  # rare: differentiate through the targets as well, with plain autograd
+        log_q = F.log_softmax(scores.to(dtype), dim=1)
+        return (torch.xlogy(p, p) - p * log_q).sum() / positions
+    return _TemplateKL.apply(scores.to(dtype), p, positions)
 
 
 def template_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

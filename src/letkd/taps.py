@@ -9,7 +9,8 @@ Choices:
 
 - A tapped tensor is what the next module receives. Because a later in-place op (``ReLU(inplace=True)``
   after a BatchNorm, ``out += identity``) would change a stored reference, taps store a copy by default
-  (``clone=True``; one copy of the tapped map, small next to the forward pass). With ``clone=False`` the
+  (``clone=True``; one copy of the tapped map, small next to the forward pass; the last tap of a forward
+  ended by ``stop_after_last`` needs no copy and gets none). With ``clone=False`` the
   reference is stored and an in-place change after the tap raises :class:`TapError` when it can be
   detected (tensors made under ``torch.inference_mode()`` have no version counter: no check there).
 - A module that runs more than once per forward raises :class:`TapError` unless ``which_call`` says which
@@ -153,15 +154,17 @@ class FeatureTaps:
                     "(0-based index of the call to keep, -1 for the last) to choose one"
                 )
             if want is None or want == call or want < 0:
-                self._record(path, output)
+                # the forward ends right after the last tap when stopping early: nothing can modify it then
+                stops = self.stop_after_last and len(self._captured | {path: None}) == len(self._want)
+                self._record(path, output, copy=self.clone and not stops)
             if self.stop_after_last and len(self._captured) == len(self._want):
                 raise _StopForward
 
         return hook
 
-    def _record(self, path: str, output: Any) -> None:
+    def _record(self, path: str, output: Any, copy: bool) -> None:
         if isinstance(output, torch.Tensor):
-            if self.clone:
+            if copy:
                 output = output.clone()
             elif not output.is_inference():
                 self._versions[path] = output._version

@@ -97,9 +97,8 @@ def write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install letkd[onnx]") from (
-            exc
-        )
+        message = "ONNX export needs the onnx and onnxscript packages: pip install letkd[onnx]"
+        raise RuntimeError(message) from exc
     onnx_program = torch.onnx.export(
         program, dynamo=True, input_names=["images"], output_names=["logits"], verbose=False
     )
