@@ -86,8 +86,8 @@ def main() -> None:
 
     t_layer = median_time(layer_step(layer))
     t_naive = median_time(layer_step(lambda f: naive_kd_layer(layer, f)))
-    print(f"KD layer alone (+KL)    fwd+bwd: {t_layer * 1e3:8.1f} ms   ({t_layer / t_plain:.2f}x plain resnet20)")
-    print(f"naive KD layer (+KL)    fwd+bwd: {t_naive * 1e3:8.1f} ms   ratio naive/ours {t_naive / t_layer:.2f}x")
+    print(f"KD layer alone (+KL)    fwd+bwd: {t_layer * 1e3:8.1f} ms   ({t_layer / t_plain:.2f}x plain)")
+    print(f"naive KD layer (+KL)    fwd+bwd: {t_naive * 1e3:8.1f} ms   naive/ours {t_naive / t_layer:.2f}x")
 
 
 if __name__ == "__main__":
