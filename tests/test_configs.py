@@ -1,0 +1,156 @@
+"""Every shipped config loads, its method params validate, its models exist, and its taps fit together
+(grids checked with one dummy image per model, tap and input size)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+from letkd.config import load_config
+from letkd.data import dataset_info
+from letkd.methods import get_method
+from letkd.methods.fitnet import HintRegressor
+from letkd.models import create_model, feature_shape, feature_stages
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+IDS = [str(p.relative_to(ROOT / "configs")) for p in CONFIGS]
+
+CIFAR_PAIRS = {
+    # pair folder: (lr, heterogeneous, alpha_inter, alpha_pen)
+    "wrn_40_2_wrn_16_2": (0.05, False, 1.0, 1.0),
+    "wrn_40_2_wrn_40_1": (0.05, False, 1.0, 1.0),
+    "resnet56_resnet20": (0.05, False, 1.0, 1.0),
+    "resnet110_resnet20": (0.05, False, 1.0, 1.0),
+    "resnet110_resnet32": (0.05, False, 1.0, 1.0),
+    "resnet32x4_resnet8x4": (0.05, False, 1.0, 1.0),
+    "wrn_40_2_ShuffleV1": (0.01, True, 1.0, 1.0),
+    "resnet32x4_ShuffleV1": (0.01, True, 1.0, 1.0),
+    "resnet32x4_ShuffleV2": (0.01, True, 1.0, 1.0),
+    "ResNet50_MobileNetV2": (0.01, True, 0.2, 0.1),
+}
+CIFAR_METHODS = {"vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch):
+    """Configs name other files (teacher.train_config) relative to the repository root."""
+    monkeypatch.chdir(ROOT)
+
+
+def _load(path: Path):
+    return load_config(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str, num_classes: int) -> torch.nn.Module:
+    return create_model(name, num_classes).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _shape(name: str, num_classes: int, tap: str, size: int) -> tuple[int, int, int]:
+    return feature_shape(_model(name, num_classes), tap, (3, size, size))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=IDS)
+def test_config_loads_and_fits_together(path):
+    cfg = _load(path)
+    method = get_method(cfg.method.name)
+    params = method.parse_params(cfg.method.params)
+    info = dataset_info(cfg.data.name)
+    nc = info.num_classes
+    _model(cfg.model.name, nc)  # the student exists in the zoo
+    if method.requires_teacher:
+        assert cfg.teacher is not None, "a distillation config names its teacher"
+    if cfg.teacher is None:
+        return
+    _model(cfg.teacher.name, nc)
+    assert cfg.teacher.checkpoint or cfg.teacher.train_config
+    if cfg.teacher.train_config:
+        assert Path(cfg.teacher.train_config).is_file(), cfg.teacher.train_config
+    # Every network here down-samples by a power of two up to 32: grids that match at 64 px match at 224.
+    size = min(info.image_size, 64)
+    for layer in getattr(params, "layers", []):
+        s = _shape(cfg.model.name, nc, layer.student_tap, size)
+        t = _shape(cfg.teacher.name, nc, layer.teacher_tap, size)
+        if layer.teacher_pool:
+            t = (t[0], t[1] // 2, t[2] // 2)
+        assert s[1:] == t[1:], f"{layer.student_tap} {s} vs {layer.teacher_tap} {t}"
+    if cfg.method.name == "fitnet":
+        s = _shape(cfg.model.name, nc, params.student_tap, size)
+        t = _shape(cfg.teacher.name, nc, params.teacher_tap, size)
+        HintRegressor(s, t)  # raises when RepDistiller's ConvReg rules do not cover the grids
+    if cfg.method.name in ("at", "sp") and params.student_taps is None:
+        n_s = len(feature_stages(_model(cfg.model.name, nc)))
+        n_t = len(feature_stages(_model(cfg.teacher.name, nc)))
+        assert n_s == n_t, "stages pair up one to one"
+
+
+def test_cifar100_has_every_pair_and_method():
+    folders = {p.name for p in (ROOT / "configs" / "cifar100").iterdir() if p.is_dir() and p.name != "teachers"}
+    assert folders == set(CIFAR_PAIRS)
+    for pair in CIFAR_PAIRS:
+        assert {p.stem for p in (ROOT / "configs" / "cifar100" / pair).glob("*.yaml")} == CIFAR_METHODS
+
+
+@pytest.mark.parametrize("pair", sorted(CIFAR_PAIRS))
+def test_cifar100_configs_follow_the_paper(pair):
+    lr, hetero, alpha_inter, alpha_pen = CIFAR_PAIRS[pair]
+    folder = ROOT / "configs" / "cifar100" / pair
+    for path in folder.glob("*.yaml"):
+        cfg = _load(path)
+        assert cfg.data.name == "cifar100" and (cfg.data.batch_size, cfg.data.test_batch_size) == (64, 100)
+        tr = cfg.train
+        assert (tr.epochs, tr.lr, tr.momentum, tr.nesterov, tr.weight_decay) == (240, lr, 0.9, True, 5e-4)
+        assert (tr.schedule.type, tr.schedule.milestones, tr.schedule.gamma) == ("step", [150, 180, 210], 0.1)
+        assert f"{cfg.teacher.name}_{cfg.model.name}" == pair if cfg.teacher else pair.endswith(cfg.model.name)
+        if cfg.teacher:
+            assert cfg.teacher.checkpoint == f"checkpoints/{cfg.teacher.name}_vanilla/ckpt_epoch_240.pth"
+    letkd1 = get_method("letkd").parse_params(_load(folder / "letkd1.yaml").method.params)
+    letkd2 = get_method("letkd").parse_params(_load(folder / "letkd2.yaml").method.params)
+    quest = get_method("quest").parse_params(_load(folder / "quest.yaml").method.params)
+    (pen1,) = letkd1.layers
+    inter, pen2 = letkd2.layers
+    (qpen,) = quest.layers
+    assert pen1 == pen2  # letKD-1 = letKD-2 minus the intermediate layer
+    assert (pen1.kind, pen1.student_tap, pen1.teacher_tap) == ("codebook", "penultimate", "penultimate")
+    assert (pen1.num_templates, pen1.temperature, pen1.alpha, pen1.weight) == (4096, 1.0, alpha_pen, 1.0)
+    assert (inter.kind, inter.student_tap, inter.teacher_tap) == ("subclass", "intermediate", "intermediate")
+    assert (inter.subclasses_per_class, inter.lda_components, inter.alpha) == (8, 60, alpha_inter)
+    assert (qpen.num_templates, qpen.temperature, qpen.weight) == (4096, 5.0, 1.0)
+    assert pen1.teacher_pool == inter.teacher_pool == qpen.teacher_pool == hetero
+    dkd = get_method("dkd").parse_params(_load(folder / "dkd.yaml").method.params)
+    assert (dkd.alpha, dkd.temperature, dkd.warmup) == (1.0, 4.0, 20)
+    assert dkd.beta == {"resnet56_resnet20": 2.0, "resnet110_resnet32": 2.0, "resnet110_resnet20": 2.0,
+                        "wrn_40_2_wrn_16_2": 6.0, "wrn_40_2_wrn_40_1": 6.0}.get(pair, 8.0)
+
+
+@pytest.mark.parametrize("dataset", ["tiny_imagenet", "imagenet"])
+def test_larger_datasets_have_the_letkd_comparison_set(dataset):
+    pairs = [p for p in (ROOT / "configs" / dataset).iterdir() if p.is_dir() and p.name != "teachers"]
+    assert len(pairs) == {"tiny_imagenet": 5, "imagenet": 2}[dataset]
+    for pair in pairs:
+        assert {"vanilla", "kd", "quest", "letkd1", "letkd2"} <= {p.stem for p in pair.glob("*.yaml")}
+
+
+def test_digits_has_a_quick_config_for_every_method():
+    folder = ROOT / "configs" / "digits"
+    stems = {p.stem for p in folder.glob("*.yaml")}
+    assert CIFAR_METHODS | {"teacher"} <= stems
+    for method in CIFAR_METHODS:
+        cfg = _load(folder / f"{method}.yaml")
+        assert cfg.data.name == "digits" and cfg.train.epochs <= 2 and cfg.data.train_subset <= 512
+        if cfg.teacher is not None:
+            assert cfg.teacher.checkpoint is None
+            assert Path(cfg.teacher.train_config).resolve() == (folder / "teacher.yaml").resolve()
