@@ -115,15 +115,10 @@ def build_artifact(
     module_path = resolve_tap_path(teacher, spec.teacher_tap)
     key = artifact_key(spec, teacher_id, teacher_name, module_path, dataset_name, sup_cfg, num_classes)
     cache = ArtifactCache(sup_cfg.cache_dir)
+    rows_fields = _rows_key(teacher_id, teacher_name, module_path, spec.teacher_pool, dataset_name)
+    folder = Path(sup_cfg.cache_dir) / "rows" / cache_key(rows_fields)[:24]
 
     def rows() -> RowFile:
-        folder = (
-            Path(sup_cfg.cache_dir)
-            / "rows"
-            / cache_key(_rows_key(teacher_id, teacher_name, module_path, spec.teacher_pool, dataset_name))[
-                :24
-            ]
-        )
         try:
             return RowFile.open(folder)
         except FileNotFoundError:
