@@ -320,7 +320,7 @@ class Trainer:
         t0 = time.perf_counter()
         lr = lr_at_epoch(self.cfg.train, epoch)
         set_lr(self.optimizer, lr)
-        train_stats, train_seconds = self._train_epoch(epoch)
+        train_stats, train_seconds = self.train_epoch(epoch)
         evaluate_now = (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.train.epochs
         test = self._evaluate() if evaluate_now else None
         improved = test is not None and test["top1"] > self.best_top1
@@ -371,7 +371,12 @@ class Trainer:
         limit = self.cfg.train.max_steps_per_epoch
         return min(n, limit) if limit is not None else n
 
-    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
+        """One epoch of training (no evaluation, no checkpoint) at the optimizer's current LR.
+
+        Returns the epoch's mean losses / train top-1 / image count and its wall-clock seconds.
+        Raises :class:`NonFiniteLossError` on a NaN/Inf loss.
+        """
         tc = self.cfg.train
         self._seed_epoch(epoch)
         if hasattr(self.distiller, "set_epoch"):
