@@ -1,0 +1,187 @@
+"""Training-step cost of every distillation method relative to vanilla (resnet56 → resnet20, CIFAR-100).
+
+One step = ``forward_train`` + backward of the summed losses + SGD step (the trainer's step), batch 64 of
+random 3×32×32 images, 100 classes, on the CPU in one process with torch's default thread count. Supervision
+modules are built directly from random tensors of the paper's shapes (no fitting): a 4096 × 64 codebook
+(letKD-1 τ = 1, QuEST τ = 5) and, for letKD-2, 100 classes × 8 = 800 sub-classes in 60 LDA dimensions.
+The methods are timed round-robin (median per method) so that load changes on a shared machine hit all of
+them alike; process CPU time (all threads) is shown beside wall time.
+
+Settings: ``LETKD_BENCH_STEPS`` (timed steps per method, default 10), ``LETKD_BENCH_METHODS`` (comma-separated
+labels to time, vanilla is always added; default all), ``LETKD_BENCH_PROFILE`` (comma-separated labels, e.g.
+``letkd2``: print a torch.profiler table of one step of each).
+Targets: KD ≤ 1.7×, letKD-1 ≤ 3.5×, letKD-2 ≤ 4× vanilla.
+Run: ``python -m benchmarks.run_all methods_step``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks._common import env_int, env_list, format_table, interleaved_median
+from letkd.config import TrainConfig
+from letkd.engine import build_optimizer
+from letkd.methods import Distiller, MethodContext, get_method
+from letkd.models import create_model
+from letkd.supervision.codebook import Codebook
+from letkd.supervision.subclass import SubclassCodebook
+
+BATCH, NUM_CLASSES, INPUT_SIZE = 64, 100, (3, 32, 32)
+TEACHER, STUDENT = "resnet56", "resnet20"
+K_PEN, SUBCLASSES_PER_CLASS, LDA_DIMS, TEACHER_DIM = 4096, 8, 60, 64
+TARGETS = {"kd": 1.7, "letkd1": 3.5, "letkd2": 4.0}
+#: the reference implementations' cost relative to vanilla, for scale (letKD authors' code, torchdistill)
+REFERENCE = {
+    "kd": "1.92× (authors), 1.80× (torchdistill)",
+    "letkd1": "10.3× (authors)",
+    "letkd2": "11.9× (authors)",
+}
+
+_CODEBOOK_LAYER = {"kind": "codebook", "student_tap": "penultimate", "teacher_tap": "penultimate"}
+_SUBCLASS_LAYER = {
+    "kind": "subclass",
+    "student_tap": "intermediate",
+    "teacher_tap": "intermediate",
+    "alpha": 1.0,
+    "subclasses_per_class": SUBCLASSES_PER_CLASS,
+    "lda_components": LDA_DIMS,
+}
+
+
+def random_codebook(generator: torch.Generator) -> Codebook:
+    """A K_PEN × 64 codebook of non-negative centres (teacher penultimate maps are post-ReLU)."""
+    return Codebook(torch.rand(K_PEN, TEACHER_DIM, generator=generator) * 4.0)
+
+
+def random_subclasses(generator: torch.Generator) -> SubclassCodebook:
+    """800 sub-classes in 60 LDA dims of 64-channel features, score-matrix rows summing to 1."""
+    s = NUM_CLASSES * SUBCLASSES_PER_CLASS
+    scores = torch.softmax(torch.randn(s, s, generator=generator) * 3.0, dim=1)
+    return SubclassCodebook(
+        lda_scalings=torch.randn(TEACHER_DIM, LDA_DIMS, generator=generator),
+        lda_xbar=torch.randn(TEACHER_DIM, generator=generator),
+        centers=torch.randn(s, LDA_DIMS, generator=generator),
+        score_matrix=scores,
+        num_classes=NUM_CLASSES,
+    )
+
+
+def method_specs(generator: torch.Generator) -> dict[str, tuple[str, dict[str, Any], list[nn.Module] | None]]:
+    """Benchmark label → (registered method, params, supervision modules)."""
+    return {
+        "vanilla": ("vanilla", {}, None),
+        "kd": ("kd", {}, None),
+        "fitnet": ("fitnet", {}, None),
+        "at": ("at", {}, None),
+        "sp": ("sp", {}, None),
+        "dkd": ("dkd", {"beta": 2.0}, None),
+        "quest": (
+            "quest",
+            {"layers": [{**_CODEBOOK_LAYER, "num_templates": K_PEN, "temperature": 5.0}]},
+            [random_codebook(generator)],
+        ),
+        "letkd1": (
+            "letkd",
+            {"layers": [{**_CODEBOOK_LAYER, "alpha": 1.0, "num_templates": K_PEN, "temperature": 1.0}]},
+            [random_codebook(generator)],
+        ),
+        "letkd2": (
+            "letkd",
+            {
+                "layers": [
+                    _SUBCLASS_LAYER,
+                    {**_CODEBOOK_LAYER, "alpha": 1.0, "num_templates": K_PEN, "temperature": 1.0},
+                ]
+            },
+            [random_subclasses(generator), random_codebook(generator)],
+        ),
+    }
+
+
+def build_distiller(
+    method: str, params: dict[str, Any], supervision: list[nn.Module] | None, teacher: nn.Module
+) -> Distiller:
+    """A fresh resnet20 student wrapped by ``method`` (vanilla gets no teacher)."""
+    torch.manual_seed(0)
+    student = create_model(STUDENT, NUM_CLASSES)
+    context = MethodContext(NUM_CLASSES, INPUT_SIZE, epochs=240, supervision=supervision)
+    cls = get_method(method)
+    return cls.from_config(student, teacher if cls.requires_teacher else None, params, context).train()
+
+
+def make_step(distiller: Distiller, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+    """One training step as the trainer does it: zero grads, forward_train, sum losses, backward, SGD."""
+    optimizer = build_optimizer(list(distiller.trainable_parameters()), TrainConfig())
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        _, losses = distiller.forward_train(images, labels)
+        torch.stack([v.float() for v in losses.values()]).sum().backward()
+        optimizer.step()
+
+    return step
+
+
+def profile_step(label: str, step: Callable[[], None], rows: int = 15) -> None:
+    """Print the operators taking the most CPU time in one step of ``label``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(f"\nprofile of one {label} step (self CPU time):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def main() -> None:
+    """Time every method's training step and print ms/step and the ratio to vanilla."""
+    steps = env_int("LETKD_BENCH_STEPS", 10)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(BATCH, *INPUT_SIZE, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (BATCH,), generator=generator)
+    teacher = create_model(TEACHER, NUM_CLASSES).eval().requires_grad_(False)
+    specs = method_specs(generator)
+    wanted = ["vanilla", *env_list("LETKD_BENCH_METHODS", list(specs))]
+    unknown = [label for label in wanted if label not in specs]
+    if unknown:
+        raise ValueError(f"unknown method label(s) {unknown}; known: {', '.join(specs)}")
+    calls = {
+        label: make_step(build_distiller(method, params, sup, teacher), images, labels)
+        for label, (method, params, sup) in specs.items()
+        if label in wanted
+    }
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {BATCH} × 3×32×32, "
+        f"{TEACHER} → {STUDENT}, {NUM_CLASSES} classes, median of {steps} interleaved steps"
+    )
+    timings = interleaved_median(calls, repeats=steps)
+    base = timings["vanilla"]
+    rows = []
+    for label, t in timings.items():
+        target = TARGETS.get(label)
+        ratio = t.wall / base.wall
+        verdict = "" if target is None else f"≤ {target:g}× " + ("ok" if ratio <= target else "MISSED")
+        rows.append(
+            [
+                label,
+                f"{t.wall * 1e3:.1f}",
+                f"{ratio:.2f}×",
+                f"{t.cpu / base.cpu:.2f}×",
+                verdict,
+                REFERENCE.get(label, ""),
+            ]
+        )
+    print(format_table(["method", "ms/step", "ratio", "CPU-time ratio", "target", "reference code"], rows))
+    for label in env_list("LETKD_BENCH_PROFILE", []):
+        if label not in calls:
+            timed = ", ".join(calls)
+            raise ValueError(f"LETKD_BENCH_PROFILE: method {label!r} was not timed; timed: {timed}")
+        profile_step(label, calls[label])
+
+
+if __name__ == "__main__":
+    main()
