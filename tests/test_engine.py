@@ -350,3 +350,12 @@ def test_bf16_autocast_and_channels_last_train(tmp_path):
     saved = load_checkpoint(tmp_path / "last.pt")["model"]
     assert set(saved) == set(TinyNet().state_dict())
     assert all(v.dtype == torch.float32 for k, v in saved.items() if "num_batches" not in k)
+
+
+def test_resume_reports_config_changes(tmp_path, capsys):
+    synthetic_trainer(tmp_path, synthetic_cfg(epochs=1)).fit()
+    capsys.readouterr()
+    longer = synthetic_trainer(tmp_path, synthetic_cfg(epochs=2))
+    assert longer.resume() == 1
+    assert "train.epochs: 1 -> 2" in capsys.readouterr().err
+    assert longer.fit()["epochs_done"] == 2

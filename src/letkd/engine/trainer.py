@@ -124,6 +124,18 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[t
     return images, torch.as_tensor(labels).to(device, non_blocking=True)
 
 
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted ``key: old -> new`` for every value that differs between two config dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters of ``module``."""
     return sum(p.numel() for p in module.parameters())
@@ -278,6 +290,9 @@ class Trainer:
             raise CheckpointError(f"cannot resume: no checkpoint at {path}")
         state = load_checkpoint(path)
         self.load_state_dict(state)
+        changed = config_changes(state["meta"].get("config") or {}, self.cfg.model_dump(mode="json"))
+        if changed:
+            self._print("resuming with a changed config: " + ", ".join(changed))
         interrupted = state["meta"].get("interrupted")
         self._print(
             f"resuming from {path}: {self.last_epoch + 1} epoch(s) done"
