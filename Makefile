@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS) || $(PY) -m pip install -q "torch>=2.1,<2.15" "torchvision>=0.16,<0.30"
+	$(PY) -m pip install -q $(TORCH_PINS) || $(PY) -m pip install -q "torch>=2.1,<2.15" "torchvision>=0.17,<0.30"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

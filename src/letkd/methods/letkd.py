@@ -61,6 +61,8 @@ class LetKD(Distiller):
             kd_layer = KDLayer(shape[0], k, alpha=layer.alpha, template_scale=params.template_scale,
                                value_scale=params.value_scale)
             self.handles.append(graft(student, path, kd_layer))
+        # alpha == 0 skips a layer's value path; DDP must then tolerate its unused parameters
+        self.find_unused_parameters = any(not m.uses_value_path for m in self.kd_layers())
 
     def kd_layers(self) -> list[nn.Module]:
         """The grafted :class:`~letkd.layers.KDLayer` modules, in ``params.layers`` order."""
