@@ -359,3 +359,24 @@ def test_resume_reports_config_changes(tmp_path, capsys):
     assert longer.resume() == 1
     assert "train.epochs: 1 -> 2" in capsys.readouterr().err
     assert longer.fit()["epochs_done"] == 2
+
+
+def test_train_command_exit_codes(tmp_path, monkeypatch, capsys):
+    import letkd.engine
+    from letkd.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "configs/digits/resnet8.yaml")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(letkd.engine, "train_from_config", interrupted)
+    assert main(["train", config, "--out", str(tmp_path)]) == 130
+
+    def diverged(*args, **kwargs):
+        raise NonFiniteLossError(0, 3, {"loss": float("nan")})
+
+    monkeypatch.setattr(letkd.engine, "train_from_config", diverged)
+    assert main(["train", config, "--out", str(tmp_path)]) == 1
+    assert main(["train", config, "train.nope=1"]) == 1
+    assert "unknown key 'train.nope'" in capsys.readouterr().err

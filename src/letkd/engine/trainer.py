@@ -468,7 +468,7 @@ class Trainer:
             raise NonFiniteLossError(epoch, step, {k: v / n for k, v in zip(["loss", *names], values)})
         meter.add({"loss": values[0], **dict(zip(names, values[1:-2])), "correct": values[-2]}, int(n))
         bar.update(1)
-        if step % PROGRESS_EVERY == 0:
+        if step % PROGRESS_EVERY == 0 and not bar.disable:
             elapsed = bar.format_dict.get("elapsed", 0) or 1e-9
             bar.set_postfix(
                 loss=f"{meter.mean('loss'):.3f}",
