@@ -68,10 +68,11 @@ def run_demo(
     out = Path(out)
     start = time.perf_counter()
     runs: dict[str, Path] = {}
+    missing = [m for m in methods if not (folder / f"{m}.yaml").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no demo config for method {missing[0]!r} in {folder}")
     for method in methods:
         path = folder / f"{method}.yaml"
-        if not path.is_file():
-            raise FileNotFoundError(f"no demo config for method {method!r}: {path}")
         cfg = load_config(path, overrides)
         cfg.train.device = device or cfg.train.device
         if cfg.teacher is not None and cfg.teacher.train_config:
