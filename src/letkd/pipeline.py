@@ -23,7 +23,7 @@ from letkd.engine.loaders import build_test_loader
 from letkd.engine.rundir import LAST, SUMMARY
 from letkd.engine.trainer import evaluate
 from letkd.methods.base import Distiller, MethodContext, get_method
-from letkd.utils import atomic_write_text
+from letkd.utils import atomic_write_text, sha256_file
 
 TEACHER_RUNS = Path("runs") / "teachers"
 #: a teacher whose test accuracy is below this multiple of chance is reported as suspicious
@@ -91,12 +91,34 @@ def build_teacher(cfg: RunConfig, num_classes: int, checkpoint: str | None) -> n
     return teacher.eval().requires_grad_(False)
 
 
-def teacher_accuracy(cfg: RunConfig, teacher: nn.Module, device: torch.device) -> dict[str, float]:
-    """The teacher's top-1/top-5 on the run's test set (printed before distilling, SPEC Q15)."""
+def teacher_accuracy(
+    cfg: RunConfig, teacher: nn.Module, device: torch.device, checkpoint: str | None = None
+) -> dict[str, float]:
+    """The teacher's top-1/top-5 on the run's test set (printed before distilling, docs/SPEC.md Q15).
+
+    With a checkpoint, the result is cached under ``supervision.cache_dir`` keyed by the checkpoint's
+    content and the test set, so runs that share a teacher evaluate it once.
+    """
+    cache_file = None
+    if checkpoint is not None:
+        key = {
+            "checkpoint": sha256_file(checkpoint),
+            "model": cfg.teacher.name if cfg.teacher else None,
+            "dataset": cfg.data.name,
+            "root": cfg.data.root,
+            "test_subset": cfg.data.test_subset,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        cache_file = Path(cfg.supervision.cache_dir) / "teacher_accuracy" / f"{digest}.json"
+        if cache_file.is_file():
+            return json.loads(cache_file.read_text())
     _, test_set = build_datasets(cfg)
     loader = build_test_loader(test_set, cfg, dist_utils.current_info(), device)
     teacher.to(device)
-    return evaluate(teacher, loader, device, cfg.train.amp, progress=cfg.train.progress)
+    result = evaluate(teacher, loader, device, cfg.train.amp, progress=cfg.train.progress)
+    if cache_file is not None and dist_utils.current_info().is_main:
+        atomic_write_text(cache_file, json.dumps(result))
+    return result
 
 
 def build_all_supervision(
@@ -172,7 +194,7 @@ def run_pipeline(
         teacher = build_teacher(cfg, num_classes, checkpoint)
         teacher_top1 = None
         if cfg.teacher.check_accuracy:
-            acc = teacher_accuracy(cfg, teacher, dev)
+            acc = teacher_accuracy(cfg, teacher, dev, checkpoint)
             teacher_top1 = acc["top1"]
             _log(f"teacher {cfg.teacher.name}: test top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%")
             if checkpoint is not None and acc["top1"] < CHANCE_FACTOR * 100.0 / num_classes:
