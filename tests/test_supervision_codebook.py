@@ -46,12 +46,12 @@ def test_codebook_is_a_module_with_buffers():
         codebook.targets(torch.zeros(1, 5, 2, 2))
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
-def test_nearest_center_keeps_remainder_rows(chunk):
+@pytest.mark.parametrize("chunk, buffer", [(1, 1000), (7, 1000), (64, 1000), (1000, 1000), (1000, 30)])
+def test_nearest_center_keeps_remainder_rows(chunk, buffer):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(131, 5)).astype(np.float32)  # 131 is prime: never a multiple of the chunk
     c = rng.normal(size=(9, 5)).astype(np.float32)
-    idx, d2 = nearest_center(x, c, chunk_size=chunk)
+    idx, d2 = nearest_center(x, c, chunk_size=chunk, max_buffer=buffer)  # buffer 30 → 3 rows a chunk
     brute = ((x[:, None, :] - c[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(idx, brute.argmin(1))
     np.testing.assert_allclose(d2, brute.min(1), rtol=1e-4, atol=1e-5)

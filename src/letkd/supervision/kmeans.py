@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 DEFAULT_CHUNK = 1 << 16
+MAX_BUFFER = 1 << 25  # distance entries per chunk (128 MB of float32)
 
 
 def train_kmeans(
@@ -17,11 +18,13 @@ def train_kmeans(
     seed: int = 0,
     max_points_per_centroid: int | None = 256,
     verbose: bool = False,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Lloyd K-means with faiss on rows ``x`` (N, d); returns the centres (k, d) float32.
 
     ``max_points_per_centroid`` caps the training set at ``k·max_points_per_centroid`` rows sampled by
-    faiss (its default, 256); ``None`` trains on all rows. Requires ``N >= k``.
+    faiss (its default, 256); ``None`` trains on all rows. Requires ``N >= k``. ``threads`` sets faiss's
+    OpenMP threads for this call (None = faiss's default, all cores).
     """
     import faiss
 
@@ -38,7 +41,13 @@ def train_kmeans(
         min_points_per_centroid=1,
         verbose=verbose,
     )
-    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    previous = faiss.omp_get_max_threads()
+    if threads is not None:
+        faiss.omp_set_num_threads(threads)
+    try:
+        km.train(np.ascontiguousarray(x, dtype=np.float32))
+    finally:
+        faiss.omp_set_num_threads(previous)
     return np.asarray(km.centroids, dtype=np.float32).reshape(k, d)
 
 
@@ -53,23 +62,29 @@ def nearest_center(
     centers: np.ndarray | torch.Tensor,
     chunk_size: int = DEFAULT_CHUNK,
     device: str | torch.device = "cpu",
+    max_buffer: int = MAX_BUFFER,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Index (N,) int64 and squared distance (N,) float32 of the nearest ``centers`` (K, d) to each row.
 
-    Rows are processed in chunks of ``chunk_size`` (the last chunk holds the remainder) with
-    ‖x‖² + ‖c‖² − 2·x·cᵀ in float32; ties go to the lowest index.
+    Rows are processed in chunks (the last chunk holds the remainder) of at most ``chunk_size`` rows and
+    ``max_buffer`` distance entries, with ‖x‖² + ‖c‖² − 2·x·cᵀ in float32; ties go to the lowest index.
     """
     device = torch.device(device)
     c = torch.as_tensor(centers, dtype=torch.float32).to(device)
-    c_sq = (c * c).sum(1)
+    c_sq, c_t = (c * c).sum(1), c.T.contiguous()
     n = len(x)
+    step = max(1, min(chunk_size, max_buffer // max(1, len(c))))
+    partial = torch.empty(min(step, n), len(c), device=device)  # reused: no page faults per chunk
+    best = torch.empty(min(step, n), device=device)
+    arg = torch.empty(min(step, n), dtype=torch.int64, device=device)
     index = np.empty(n, dtype=np.int64)
     sq_dist = np.empty(n, dtype=np.float32)
-    for lo in range(0, n, chunk_size):
-        xb = _as_tensor(x[lo : lo + chunk_size], device)
-        partial = torch.addmm(c_sq, xb, c.T, alpha=-2.0)  # ‖c‖² − 2 x·c; ‖x‖² does not change the argmin
-        best, arg = partial.min(dim=1)
-        hi = lo + len(xb)
-        index[lo:hi] = arg.cpu().numpy()
-        sq_dist[lo:hi] = (best + (xb * xb).sum(1)).clamp_min_(0).cpu().numpy()
+    for lo in range(0, n, step):
+        xb = _as_tensor(x[lo : lo + step], device)
+        m = len(xb)
+        # ‖c‖² − 2 x·c: ‖x‖² does not change the argmin and is added afterwards
+        torch.addmm(c_sq, xb, c_t, alpha=-2.0, out=partial[:m])
+        torch.min(partial[:m], dim=1, out=(best[:m], arg[:m]))
+        index[lo : lo + m] = arg[:m].cpu().numpy()
+        sq_dist[lo : lo + m] = (best[:m] + (xb * xb).sum(1)).clamp_min_(0).cpu().numpy()
     return index, sq_dist

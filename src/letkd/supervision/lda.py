@@ -31,30 +31,33 @@ def class_scatter(
 ) -> ClassScatter:
     """Class counts, means and within-class scatter Σ (x − μ_y)(x − μ_y)ᵀ of ``rows`` (N, D), in float64.
 
-    Each chunk is centred on its own class means, and chunks are merged with the pairwise update of
-    Chan et al. (exact, no cancellation from a raw Σ x xᵀ).
+    One pass: Σ (x − s)(x − s)ᵀ and per-class sums of x − s are accumulated chunk by chunk, with s the
+    mean of the first chunk (so that subtracting the class-mean term at the end cancels few digits);
+    the within-class scatter is Σ (x − s)(x − s)ᵀ − Σ_c n_c (μ_c − s)(μ_c − s)ᵀ.
     """
     n, d = rows.shape
-    counts = np.zeros(num_classes, dtype=np.int64)
-    means = torch.zeros(num_classes, d, dtype=torch.float64)
-    within = torch.zeros(d, d, dtype=torch.float64)
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    sums = torch.zeros(num_classes, d, dtype=torch.float64)
+    gram = torch.zeros(d, d, dtype=torch.float64)
+    shift = torch.zeros(d, dtype=torch.float64)
     for lo in range(0, n, chunk_size):
         x = torch.from_numpy(np.array(rows[lo : lo + chunk_size], dtype=np.float64))
         y = torch.from_numpy(np.array(labels[lo : lo + chunk_size], dtype=np.int64))
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        if int(y.min()) < 0 or int(y.max()) >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
-        m = torch.bincount(y, minlength=num_classes).to(torch.float64)
-        sums = torch.zeros(num_classes, d, dtype=torch.float64).index_add_(0, y, x)
-        chunk_means = sums / m.clamp_min(1)[:, None]
-        centred = x - chunk_means[y]
-        delta = chunk_means - means
-        before = torch.from_numpy(counts).to(torch.float64)
-        after = before + m
-        weight = torch.where(after > 0, before * m / after.clamp_min(1), torch.zeros_like(after))
-        within += centred.T @ centred + (delta * weight[:, None]).T @ delta
-        means += delta * torch.where(after > 0, m / after.clamp_min(1), torch.zeros_like(after))[:, None]
-        counts += m.to(torch.int64).numpy()
-    return ClassScatter(counts=counts, means=means.numpy(), within=within.numpy())
+        if lo == 0:
+            shift = x.mean(0)
+        x -= shift
+        gram += x.T @ x
+        sums.index_add_(0, y, x)
+        counts += torch.bincount(y, minlength=num_classes).to(torch.float64)
+    centred_means = sums / counts.clamp_min(1)[:, None]
+    within = gram - (centred_means * counts[:, None]).T @ centred_means
+    return ClassScatter(
+        counts=counts.to(torch.int64).numpy(),
+        means=(centred_means + shift).numpy(),
+        within=within.numpy(),
+    )
 
 
 def lda_from_scatter(stats: ClassScatter, tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:

@@ -136,7 +136,10 @@ def _class_centers(
     """k centres (k, d) for one class's LDA rows; with fewer than k rows, the rows themselves repeated."""
     n, d = z.shape
     if n >= k:
-        return train_kmeans(z, k, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid)
+        # one thread: on these small problems faiss's OpenMP overhead dominates (measured 30× slower with 2)
+        return train_kmeans(
+            z, k, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid, threads=1
+        )
     warnings.warn(
         f"class {cls} has {n} rows for {k} sub-classes; its surplus sub-classes stay empty", stacklevel=3
     )
