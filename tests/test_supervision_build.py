@@ -78,6 +78,10 @@ def test_teacher_identity_and_kmeans_cap(tmp_path):
     ckpt.write_bytes(b"weights")
     assert teacher_identity("resnet56", ckpt, 0) == hashlib.sha256(b"weights").hexdigest()
     assert teacher_identity("resnet56", None, 4) == "untrained:resnet56:4"
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    assert teacher_identity("lin", None, 4, a).startswith("untrained:lin:4:")
+    assert teacher_identity("lin", None, 4, a) == teacher_identity("lin", None, 4, a)
+    assert teacher_identity("lin", None, 4, a) != teacher_identity("lin", None, 4, b)
     assert kmeans_points_per_centroid(1000, 10) == 100 and kmeans_points_per_centroid(1001, 10) == 101
 
 
@@ -101,7 +105,9 @@ def test_fit_command_then_build_reuses_the_cache(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(build_mod, "extract_rows", no_extraction)
     from letkd.models import create_model
+    from letkd.utils import seed_everything
 
+    seed_everything(3)  # the same random teacher as the command's (seed 3)
     teacher = create_model("resnet8", 10).eval()
     sup_cfg = SupervisionConfig(**cfg["supervision"])
     codebook = build_supervision(

@@ -8,6 +8,7 @@ extraction.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -28,9 +29,27 @@ EXTRACT_SPLIT = "train"
 EXTRACT_TRANSFORM = "test"
 
 
-def teacher_identity(teacher_name: str, checkpoint: str | os.PathLike | None, seed: int) -> str:
-    """SHA-256 of the checkpoint file, or ``"untrained:<model>:<seed>"`` for a randomly initialised one."""
-    return sha256_file(checkpoint) if checkpoint else f"untrained:{teacher_name}:{seed}"
+def teacher_identity(
+    teacher_name: str,
+    checkpoint: str | os.PathLike | None,
+    seed: int,
+    teacher: nn.Module | None = None,
+) -> str:
+    """SHA-256 of the checkpoint file, or ``"untrained:<model>:<seed>"`` for a randomly initialised teacher.
+
+    With ``teacher`` given, an untrained teacher's identity also ends with a hash of its weights, so two
+    differently initialised teachers never share cached artefacts.
+    """
+    if checkpoint:
+        return sha256_file(checkpoint)
+    identity = f"untrained:{teacher_name}:{seed}"
+    if teacher is not None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(teacher.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        identity += f":{digest.hexdigest()[:16]}"
+    return identity
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -111,7 +130,7 @@ def build_artifact(
     """Like :func:`build_supervision` but returns the module with its metadata, file and ``cached`` flag."""
     device = resolve_device(device)
     seed = sup_cfg.seed if teacher_seed is None else teacher_seed
-    teacher_id = teacher_identity(teacher_name, teacher_checkpoint, seed)
+    teacher_id = teacher_identity(teacher_name, teacher_checkpoint, seed, teacher)
     module_path = resolve_tap_path(teacher, spec.teacher_tap)
     key = artifact_key(spec, teacher_id, teacher_name, module_path, dataset_name, sup_cfg, num_classes)
     cache = ArtifactCache(sup_cfg.cache_dir)
