@@ -66,6 +66,12 @@ def test_demo_runs_every_method_and_reuses_completed_runs(tmp_path, capsys):
             assert f"| {label} |" in table
         assert (tmp_path / "out" / "report" / "report.md").is_file()
         assert (tmp_path / "out" / "report" / "accuracy.png").stat().st_size > 1000
+        # supervision is fitted on the student's training subset (every location of 384 images)
+        from letkd.supervision.store import read_metadata
+
+        metas = [read_metadata(p) for p in (tmp_path / "artifacts").glob("*.safetensors")]
+        assert metas and all(m["num_images"] == TINY["train_subset"] for m in metas)
+        assert all(m["num_rows"] == TINY["train_subset"] * 64 for m in metas)
         assert (
             main(
                 [

@@ -154,6 +154,8 @@ def build_all_supervision(
                 num_classes,
                 progress=cfg.train.progress and info.is_main,
                 teacher_seed=cfg.seed,
+                train_subset=cfg.data.train_subset,
+                subset_seed=cfg.seed,
             )
             state = "cached" if found.cached else "fitted"
             _log(f"supervision: {spec.kind} at teacher {spec.teacher_tap!r} ({state}) → {found.path}")

@@ -63,8 +63,11 @@ def run(args: argparse.Namespace) -> int:
     if cfg.teacher is None:
         print("the config has no teacher section; supervision is fitted on a teacher", file=sys.stderr)
         return 2
-    teacher, num_classes = _load_teacher(cfg)
+    from letkd.pipeline import ensure_teacher_checkpoint
+
     device = args.device or cfg.train.device
+    checkpoint = ensure_teacher_checkpoint(cfg, args.device)  # trains it first if the config says so
+    teacher, num_classes = _load_teacher(cfg, checkpoint)
     progress = not args.no_progress
     for spec in specs:
         t0 = time.perf_counter()
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             spec,
             teacher,
             cfg.teacher.name,
-            cfg.teacher.checkpoint,
+            checkpoint,
             cfg.data.name,
             cfg.data.root,
             cfg.supervision,
@@ -80,13 +83,15 @@ def run(args: argparse.Namespace) -> int:
             num_classes,
             progress=progress,
             teacher_seed=cfg.seed,
+            train_subset=cfg.data.train_subset,
+            subset_seed=cfg.seed,
         )
         print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
     return 0
 
 
-def _load_teacher(cfg):
-    """The config's teacher (weights loaded strictly when a checkpoint is given) and the class count."""
+def _load_teacher(cfg, checkpoint: str | None):
+    """The config's teacher (weights loaded strictly from ``checkpoint`` if given) and the class count."""
     from letkd.data import dataset_info
     from letkd.models import create_model, load_weights
     from letkd.utils import seed_everything
@@ -94,8 +99,8 @@ def _load_teacher(cfg):
     num_classes = cfg.teacher.num_classes or dataset_info(cfg.data.name).num_classes
     seed_everything(cfg.seed)  # an untrained teacher is identified by its seed
     teacher = create_model(cfg.teacher.name, num_classes, **cfg.teacher.kwargs)
-    if cfg.teacher.checkpoint:
-        load_weights(teacher, cfg.teacher.checkpoint)
+    if checkpoint:
+        load_weights(teacher, checkpoint)
     return teacher.eval(), num_classes
 
 

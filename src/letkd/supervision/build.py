@@ -126,15 +126,24 @@ def build_artifact(
     progress: bool = True,
     teacher_seed: int | None = None,
     num_workers: int = 0,
+    train_subset: int | None = None,
+    subset_seed: int = 0,
 ) -> CachedArtifact:
-    """Like :func:`build_supervision` but returns the module with its metadata, file and ``cached`` flag."""
+    """Like :func:`build_supervision` but returns the module with its metadata, file and ``cached`` flag.
+
+    ``train_subset``/``subset_seed``: fit on the same seeded subset of training images the student trains
+    on (``data.train_subset`` and the run's seed); the subset is part of the artefact's identity.
+    """
     device = resolve_device(device)
     seed = sup_cfg.seed if teacher_seed is None else teacher_seed
     teacher_id = teacher_identity(teacher_name, teacher_checkpoint, seed, teacher)
     module_path = resolve_tap_path(teacher, spec.teacher_tap)
-    key = artifact_key(spec, teacher_id, teacher_name, module_path, dataset_name, sup_cfg, num_classes)
+    dataset_id = (
+        dataset_name if train_subset is None else f"{dataset_name}[subset={train_subset},seed={subset_seed}]"
+    )
+    key = artifact_key(spec, teacher_id, teacher_name, module_path, dataset_id, sup_cfg, num_classes)
     cache = ArtifactCache(sup_cfg.cache_dir)
-    rows_fields = _rows_key(teacher_id, teacher_name, module_path, spec.teacher_pool, dataset_name)
+    rows_fields = _rows_key(teacher_id, teacher_name, module_path, spec.teacher_pool, dataset_id)
     folder = Path(sup_cfg.cache_dir) / "rows" / cache_key(rows_fields)[:24]
 
     def rows() -> RowFile:
@@ -144,6 +153,10 @@ def build_artifact(
             from letkd.data import create_dataset
 
             dataset = create_dataset(dataset_name, EXTRACT_SPLIT, root=data_root, transform=EXTRACT_TRANSFORM)
+            if train_subset is not None and train_subset < len(dataset):
+                from letkd.data import subset
+
+                dataset = subset(dataset, train_subset, subset_seed)
             return extract_rows(
                 teacher,
                 dataset,
