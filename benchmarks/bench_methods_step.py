@@ -8,8 +8,9 @@ The methods are timed round-robin (median per method) so that load changes on a 
 them alike; process CPU time (all threads) is shown beside wall time.
 
 Settings: ``LETKD_BENCH_STEPS`` (timed steps per method, default 10), ``LETKD_BENCH_METHODS`` (comma-separated
-labels to time, vanilla is always added; default all), ``LETKD_BENCH_PROFILE`` (comma-separated labels, e.g.
-``letkd2``: print a torch.profiler table of one step of each).
+labels to time, vanilla is always added; default all), ``LETKD_BENCH_CHANNELS_LAST=1`` (every model and the
+images in channels-last memory format, as ``train.channels_last: true`` does), ``LETKD_BENCH_PROFILE``
+(comma-separated labels, e.g. ``letkd2``: print a torch.profiler table of one step of each).
 Targets: KD ≤ 1.7×, letKD-1 ≤ 3.5×, letKD-2 ≤ 4× vanilla.
 Run: ``python -m benchmarks.run_all methods_step``.
 """
@@ -140,8 +141,10 @@ def profile_step(label: str, step: Callable[[], None], rows: int = 15) -> None:
 def main() -> None:
     """Time every method's training step and print ms/step and the ratio to vanilla."""
     steps = env_int("LETKD_BENCH_STEPS", 10)
+    channels_last = bool(env_int("LETKD_BENCH_CHANNELS_LAST", 0))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(BATCH, *INPUT_SIZE, generator=generator)
+    images = torch.randn(BATCH, *INPUT_SIZE, generator=generator).contiguous(memory_format=memory_format)
     labels = torch.randint(0, NUM_CLASSES, (BATCH,), generator=generator)
     teacher = create_model(TEACHER, NUM_CLASSES).eval().requires_grad_(False)
     specs = method_specs(generator)
@@ -150,13 +153,16 @@ def main() -> None:
     if unknown:
         raise ValueError(f"unknown method label(s) {unknown}; known: {', '.join(specs)}")
     calls = {
-        label: make_step(build_distiller(method, params, sup, teacher), images, labels)
+        label: make_step(
+            build_distiller(method, params, sup, teacher).to(memory_format=memory_format), images, labels
+        )
         for label, (method, params, sup) in specs.items()
         if label in wanted
     }
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {BATCH} × 3×32×32, "
         f"{TEACHER} → {STUDENT}, {NUM_CLASSES} classes, median of {steps} interleaved steps"
+        + (", channels-last" if channels_last else "")
     )
     timings = interleaved_median(calls, repeats=steps)
     base = timings["vanilla"]
