@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from letkd.supervision.extract import RowFile, extract_rows, subsample_indices
+from letkd.supervision.kmeans import row_chunks
 
 
 class TinyNet(nn.Module):
@@ -69,6 +70,9 @@ def test_rows_in_bhw_order_with_image_labels(tmp_path, pool):
     assert out.meta["module_path"] == "body" and out.meta["pool2x2"] is pool
     reopened = RowFile.open(tmp_path / "rows")
     np.testing.assert_array_equal(reopened.rows, out.rows)
+    chunks = list(row_chunks(reopened.rows, 7))  # pages of the memmap are released after each chunk
+    assert [lo for lo, _ in chunks] == list(range(0, len(rows), 7))
+    np.testing.assert_array_equal(np.concatenate([c for _, c in chunks]), reopened.rows)
     assert not model.body._forward_hooks, "no hook is left behind"
 
 

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import math
+import mmap
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 DEFAULT_CHUNK = 1 << 16
 MAX_BUFFER = 1 << 25  # distance entries per chunk (128 MB of float32)
+
+
+def release_mapped_pages(x: np.ndarray) -> None:
+    """Drop the pages of a read-only memory-mapped array from this process's resident set.
+
+    The data stays in the OS page cache (a later access just maps it again), so streaming over a row
+    file keeps the process's memory at about one chunk instead of growing to the file's size.
+    """
+    mapping = getattr(x, "_mmap", None)
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") and mapping.closed is False:
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def row_chunks(x: np.ndarray, chunk_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, x[start : start + chunk_size])`` over all rows, remainder included; memmap pages are
+    released after each chunk (see :func:`release_mapped_pages`)."""
+    for lo in range(0, len(x), chunk_size):
+        yield lo, x[lo : lo + chunk_size]
+        release_mapped_pages(x)
 
 
 def train_kmeans(
@@ -48,6 +69,7 @@ def train_kmeans(
         km.train(np.ascontiguousarray(x, dtype=np.float32))
     finally:
         faiss.omp_set_num_threads(previous)
+        release_mapped_pages(x)
     return np.asarray(km.centroids, dtype=np.float32).reshape(k, d)
 
 
@@ -79,8 +101,8 @@ def nearest_center(
     arg = torch.empty(min(step, n), dtype=torch.int64, device=device)
     index = np.empty(n, dtype=np.int64)
     sq_dist = np.empty(n, dtype=np.float32)
-    for lo in range(0, n, step):
-        xb = _as_tensor(x[lo : lo + step], device)
+    for lo, chunk in row_chunks(x, step):
+        xb = _as_tensor(chunk, device)
         m = len(xb)
         # ‖c‖² − 2 x·c: ‖x‖² does not change the argmin and is added afterwards
         torch.addmm(c_sq, xb, c_t, alpha=-2.0, out=partial[:m])

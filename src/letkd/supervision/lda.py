@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from letkd.supervision.kmeans import DEFAULT_CHUNK
+from letkd.supervision.kmeans import DEFAULT_CHUNK, row_chunks
 
 
 @dataclass
@@ -40,8 +40,8 @@ def class_scatter(
     sums = torch.zeros(num_classes, d, dtype=torch.float64)
     gram = torch.zeros(d, d, dtype=torch.float64)
     shift = torch.zeros(d, dtype=torch.float64)
-    for lo in range(0, n, chunk_size):
-        x = torch.from_numpy(np.array(rows[lo : lo + chunk_size], dtype=np.float64))
+    for lo, chunk in row_chunks(rows, chunk_size):
+        x = torch.from_numpy(np.array(chunk, dtype=np.float64))
         y = torch.from_numpy(np.array(labels[lo : lo + chunk_size], dtype=np.int64))
         if int(y.min()) < 0 or int(y.max()) >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
@@ -117,7 +117,7 @@ def lda_transform(
     w = torch.as_tensor(np.asarray(scalings), dtype=torch.float32)
     shift = torch.as_tensor(np.asarray(xbar), dtype=torch.float32)
     out = np.empty((len(rows), w.shape[1]), dtype=np.float32)
-    for lo in range(0, len(rows), chunk_size):
-        x = torch.from_numpy(np.array(rows[lo : lo + chunk_size], dtype=np.float32))
+    for lo, chunk in row_chunks(rows, chunk_size):
+        x = torch.from_numpy(np.array(chunk, dtype=np.float32))
         out[lo : lo + len(x)] = ((x - shift) @ w).numpy()
     return out

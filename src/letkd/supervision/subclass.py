@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -131,18 +132,16 @@ def score_matrix_from_assignments(
 
 
 def _class_centers(
-    z: np.ndarray, k: int, iters: int, seed: int, max_points_per_centroid: int | None, cls: int
+    z: np.ndarray, k: int, iters: int, seed: int, max_points_per_centroid: int | None
 ) -> np.ndarray:
     """k centres (k, d) for one class's LDA rows; with fewer than k rows, the rows themselves repeated."""
     n, d = z.shape
     if n >= k:
-        # one thread: on these small problems faiss's OpenMP overhead dominates (measured 30× slower with 2)
+        # one OpenMP thread per class (classes run in parallel): on these small problems faiss's
+        # own threading costs more than it gains (measured 30× slower with 2 threads than with 1)
         return train_kmeans(
             z, k, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid, threads=1
         )
-    warnings.warn(
-        f"class {cls} has {n} rows for {k} sub-classes; its surplus sub-classes stay empty", stacklevel=3
-    )
     if n == 0:
         return np.zeros((k, d), dtype=np.float32)  # the LDA origin = the overall mean
     return z[np.arange(k) % n].astype(np.float32)  # duplicates tie and lose to the first copy
@@ -184,15 +183,26 @@ def fit_subclasses(
 
     t = time.perf_counter()
     order = np.argsort(labels, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))])
+    counts = np.bincount(labels, minlength=num_classes)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    for c in np.flatnonzero(counts < k):
+        warnings.warn(
+            f"class {c} has {counts[c]} rows for {k} sub-classes; its surplus sub-classes stay empty",
+            stacklevel=2,
+        )
+
+    def class_centers(c: int) -> np.ndarray:
+        zc = z[order[bounds[c] : bounds[c + 1]]]
+        return _class_centers(zc, k, iters, seed + c, max_points_per_centroid)
+
     centers = np.empty((s, d), dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=max(1, min(num_classes, torch.get_num_threads()))) as pool:
+        for c, class_centers_c in enumerate(pool.map(class_centers, range(num_classes))):
+            centers[c * k : (c + 1) * k] = class_centers_c
     subclass = np.empty(len(z), dtype=np.int64)
-    for c in range(num_classes):
+    for c in np.flatnonzero(counts):
         idx = order[bounds[c] : bounds[c + 1]]
-        zc = z[idx]
-        centers[c * k : (c + 1) * k] = _class_centers(zc, k, iters, seed + c, max_points_per_centroid, c)
-        if len(idx):
-            subclass[idx] = c * k + nearest_center(zc, centers[c * k : (c + 1) * k], chunk_size, device)[0]
+        subclass[idx] = c * k + nearest_center(z[idx], centers[c * k : (c + 1) * k], chunk_size, device)[0]
     seconds["kmeans"] = time.perf_counter() - t
 
     t = time.perf_counter()
