@@ -197,7 +197,9 @@ class Trainer:
         self.best_epoch = -1
         self.history: list[dict[str, Any]] = []
         self.wall_seconds = 0.0
-        self.logger = RunLogger(self.run_dir, tensorboard=cfg.train.tensorboard) if self.info.is_main else None
+        self.logger = (
+            RunLogger(self.run_dir, tensorboard=cfg.train.tensorboard) if self.info.is_main else None
+        )
         self._step = 0
 
     # ----------------------------------------------------------------------------------------- set-up
