@@ -45,14 +45,14 @@ def summaries(workdir):
 def test_every_method_completes_and_beats_chance(summaries, method):
     summary = summaries[method]
     assert summary["status"] == "completed"
-    assert summary["epochs_done"] == 4
+    assert summary["epochs_done"] == 2
     assert summary["best_top1"] > 2 * CHANCE, summary
     run_dir = Path(summary["run_dir"])
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rows] == [0, 1]
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["best_top1"] == pytest.approx(max(r["test_top1"] for r in rows))
     if method != "vanilla":
