@@ -168,3 +168,12 @@ def test_fit_help(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "method.params.layers" in text and "--device" in text and "supervision.max_rows" in text
+
+
+def test_fit_command_reports_errors_without_traceback(tmp_path, capsys):
+    layers = [{"kind": "codebook", "teacher_tap": "layer9", "num_templates": 4}]
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, layers)))
+    assert main(["fit", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "layer9" in err and "penultimate" in err  # names the valid taps

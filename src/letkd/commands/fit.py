@@ -63,30 +63,43 @@ def run(args: argparse.Namespace) -> int:
     if cfg.teacher is None:
         print("the config has no teacher section; supervision is fitted on a teacher", file=sys.stderr)
         return 2
+    from letkd.data import DatasetNotFoundError
+    from letkd.models import CheckpointError, UnknownTapError
     from letkd.pipeline import ensure_teacher_checkpoint
+    from letkd.supervision.store import ArtifactMismatchError
 
     device = args.device or cfg.train.device
-    checkpoint = ensure_teacher_checkpoint(cfg, args.device)  # trains it first if the config says so
-    teacher, num_classes = _load_teacher(cfg, checkpoint)
     progress = not args.no_progress
-    for spec in specs:
-        t0 = time.perf_counter()
-        found = build_artifact(
-            spec,
-            teacher,
-            cfg.teacher.name,
-            checkpoint,
-            cfg.data.name,
-            cfg.data.root,
-            cfg.supervision,
-            device,
-            num_classes,
-            progress=progress,
-            teacher_seed=cfg.seed,
-            train_subset=cfg.data.train_subset,
-            subset_seed=cfg.seed,
-        )
-        print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
+    try:
+        checkpoint = ensure_teacher_checkpoint(cfg, args.device)  # trains it first if the config says so
+        teacher, num_classes = _load_teacher(cfg, checkpoint)
+        for spec in specs:
+            t0 = time.perf_counter()
+            found = build_artifact(
+                spec,
+                teacher,
+                cfg.teacher.name,
+                checkpoint,
+                cfg.data.name,
+                cfg.data.root,
+                cfg.supervision,
+                device,
+                num_classes,
+                progress=progress,
+                teacher_seed=cfg.seed,
+                train_subset=cfg.data.train_subset,
+                subset_seed=cfg.seed,
+            )
+            print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
+    except (
+        ConfigError,
+        CheckpointError,
+        DatasetNotFoundError,
+        UnknownTapError,
+        ArtifactMismatchError,
+    ) as exc:
+        print(f"letkd fit: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
