@@ -67,7 +67,7 @@ class SupervisionConfig(_Strict):
     cache_dir: str = "artifacts"
     kmeans_iters: int = Field(20, ge=1)
     max_rows: int | None = Field(
-        None, ge=1, description="seeded row subsample for K-means; None = faiss default"
+        None, ge=1, description="rows K-means trains on (faiss sample, seeded); None = K·256; >= N = all rows"
     )
     extract_batch_size: int = Field(256, ge=1)
     seed: int = 0
