@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from letkd.models.init import init_fan_out_normal
 from letkd.models.registry import register_model
 
 # (expansion t, channels c, repeats n, stride s) with t = T except for the first stage.
@@ -80,18 +81,7 @@ class MobileNetV2Cifar(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        init_fan_out_normal(self)
 
         # RepDistiller's feature list: outputs of blocks 1, 2, 4 and 6.
         self.feature_stages = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]

@@ -8,11 +8,10 @@ and forward maths follow RepDistiller's ``models/vgg.py``; the ReLUs after each 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from letkd.models.init import init_fan_out_normal
 from letkd.models.registry import register_model
 
 CFG = {
@@ -56,18 +55,7 @@ class VGG(nn.Module):
         self.relu0, self.relu1, self.relu2, self.relu3, self.relu4 = (nn.ReLU() for _ in range(5))
         self.classifier = nn.Linear(512, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        init_fan_out_normal(self)
 
         self.feature_stages = ["relu1", "relu2", "relu3", "relu4"]
         self.taps = {
