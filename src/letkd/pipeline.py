@@ -121,6 +121,36 @@ def teacher_accuracy(
     return result
 
 
+def build_run_artifact(
+    cfg: RunConfig,
+    spec: Any,
+    teacher: nn.Module,
+    checkpoint: str | None,
+    num_classes: int,
+    device: torch.device | str | None,
+    progress: bool,
+) -> Any:
+    """The supervision artefact of ``spec`` for this run (cached or fitted on the run's training subset)."""
+    from letkd.supervision import build_artifact
+
+    assert cfg.teacher is not None
+    return build_artifact(
+        spec,
+        teacher,
+        cfg.teacher.name,
+        checkpoint,
+        cfg.data.name,
+        cfg.data.root,
+        cfg.supervision,
+        device,
+        num_classes,
+        progress=progress,
+        teacher_seed=cfg.seed,
+        train_subset=cfg.data.train_subset,
+        subset_seed=cfg.seed,
+    )
+
+
 def build_all_supervision(
     cfg: RunConfig, teacher: nn.Module, checkpoint: str | None, num_classes: int, device: torch.device
 ) -> list[nn.Module | None] | None:
@@ -128,7 +158,7 @@ def build_all_supervision(
 
     Built on rank 0 first (fit or cache), then loaded from the cache by the other ranks.
     """
-    from letkd.supervision import build_artifact, specs_from_config
+    from letkd.supervision import specs_from_config
 
     specs = specs_from_config(cfg)
     if not specs:
@@ -142,20 +172,8 @@ def build_all_supervision(
             continue
         modules = []
         for spec in specs:
-            found = build_artifact(
-                spec,
-                teacher,
-                cfg.teacher.name,
-                checkpoint,
-                cfg.data.name,
-                cfg.data.root,
-                cfg.supervision,
-                device,
-                num_classes,
-                progress=cfg.train.progress and info.is_main,
-                teacher_seed=cfg.seed,
-                train_subset=cfg.data.train_subset,
-                subset_seed=cfg.seed,
+            found = build_run_artifact(
+                cfg, spec, teacher, checkpoint, num_classes, device, cfg.train.progress and info.is_main
             )
             state = "cached" if found.cached else "fitted"
             _log(f"supervision: {spec.kind} at teacher {spec.teacher_tap!r} ({state}) → {found.path}")

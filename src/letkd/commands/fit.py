@@ -48,7 +48,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd fit``: returns the exit status."""
     from letkd.config import ConfigError, load_config
-    from letkd.supervision.build import build_artifact
     from letkd.supervision.spec import specs_from_config
 
     try:
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from letkd.data import DatasetNotFoundError
     from letkd.models import CheckpointError, UnknownTapError
-    from letkd.pipeline import ensure_teacher_checkpoint
+    from letkd.pipeline import build_run_artifact, ensure_teacher_checkpoint
     from letkd.supervision.store import ArtifactMismatchError
 
     device = args.device or cfg.train.device
@@ -75,21 +74,7 @@ def run(args: argparse.Namespace) -> int:
         teacher, num_classes = _load_teacher(cfg, checkpoint)
         for spec in specs:
             t0 = time.perf_counter()
-            found = build_artifact(
-                spec,
-                teacher,
-                cfg.teacher.name,
-                checkpoint,
-                cfg.data.name,
-                cfg.data.root,
-                cfg.supervision,
-                device,
-                num_classes,
-                progress=progress,
-                teacher_seed=cfg.seed,
-                train_subset=cfg.data.train_subset,
-                subset_seed=cfg.seed,
-            )
+            found = build_run_artifact(cfg, spec, teacher, checkpoint, num_classes, device, progress)
             print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
     except (
         ConfigError,
