@@ -262,3 +262,63 @@ def test_model_cost_counts_grafted_layer():
     expected = kd_layer_cost(64, 4096, 8, 8)
     assert grafted["parameters"] - plain["parameters"] == expected["parameters"]
     assert grafted["macs"] - plain["macs"] == expected["macs"]
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_cosine_conv_gradients_equal_plain_autograd_formula(memory_format):
+    """The narrow (K → C) path has a hand-written backward: compare it with autograd on the formula."""
+    conv = CosineConv2d(40, 6, scale=1.3)
+    x = torch.randn(3, 40, 4, 5).contiguous(memory_format=memory_format).requires_grad_(True)
+    y = conv(x)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    w2 = conv.weight.detach().clone().requires_grad_(True)
+    s2 = conv.scale.detach().clone().requires_grad_(True)
+    unit_w = F.normalize(w2.flatten(1), dim=1) * s2
+    y2 = torch.einsum("kc,bchw->bkhw", unit_w, x2) / x2.norm(dim=1, keepdim=True)
+    (y2 * g).sum().backward()
+    torch.testing.assert_close(y, y2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(conv.weight.grad, w2.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(conv.scale.grad, s2.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_kd_layer_scores_are_channels_last_views_and_work_on_both_layouts():
+    """Scores come out as (B, K, H, W) views of position rows; both input layouts give the same result."""
+    torch.manual_seed(0)
+    layer = KDLayer(8, 32).eval()
+    x = torch.randn(2, 8, 3, 3)
+    out, scores = layer(x)
+    assert scores.shape == (2, 32, 3, 3) and scores.is_contiguous(memory_format=torch.channels_last)
+    out_cl, scores_cl = layer(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, out_cl)
+    torch.testing.assert_close(scores, scores_cl)
+
+
+def test_template_kl_same_value_and_gradient_for_both_layouts():
+    scores = torch.randn(2, 9, 3, 3)
+    targets = torch.softmax(torch.randn(2, 9, 3, 3), dim=1)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        s = scores.detach().contiguous(memory_format=fmt).requires_grad_(True)
+        loss = template_kl(s, targets.contiguous(memory_format=fmt))
+        loss.backward()
+        results.append((loss.detach(), s.grad))
+    expected = F.kl_div(
+        F.log_softmax(scores, 1).movedim(1, -1).reshape(-1, 9),
+        targets.movedim(1, -1).reshape(-1, 9),
+        reduction="batchmean",
+    )
+    for loss, grad in results:
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(grad, results[0][1])
+
+
+def test_template_kl_backward_can_run_twice_with_retained_graph():
+    scores = torch.randn(2, 5, 2, 2, requires_grad=True)
+    loss = template_kl(scores, torch.softmax(torch.randn(2, 5, 2, 2), 1))
+    loss.backward(retain_graph=True)
+    first = scores.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(scores.grad, 2 * first)

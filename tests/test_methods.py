@@ -462,3 +462,33 @@ def test_hint_regressor_follows_repdistiller_grid_rules():
     assert HintRegressor((8, 8, 8), (16, 6, 6))(x).shape == (2, 16, 6, 6)  # (1+8−6)² kernel
     with pytest.raises(ValueError):
         HintRegressor((8, 4, 4), (16, 6, 6))
+
+
+def test_teacher_outputs_leave_inference_mode_and_do_not_track_gradients():
+    from letkd.methods.features import teacher_features, teacher_logits
+
+    _, teacher = _pair()
+    teacher.eval()
+    images = torch.randn(2, *SIZE)
+    logits = teacher_logits(teacher, images)
+    feats = teacher_features(teacher, ["layer2", "layer3"], images)
+    for t in (logits, *feats.values()):
+        assert not t.is_inference() and not t.requires_grad
+    # usable in a loss that autograd saves for the student's backward
+    student_logits = torch.randn(2, NC, requires_grad=True)
+    (student_logits * logits).sum().backward()
+    torch.testing.assert_close(student_logits.grad, logits)
+
+
+def test_letkd_targets_reuse_a_buffer_and_an_overwritten_graph_fails_loudly():
+    cb = _codebook()
+    d = _build("letkd", {"layers": [CODEBOOK_LAYER]}, [cb])
+    d.train()
+    images, labels = _batch()
+    first = d.targets(images, labels)[0]
+    second = d.targets(images, labels)[0]
+    assert first.data_ptr() == second.data_ptr()  # one buffer per layer across steps
+    _, losses = d.forward_train(images, labels)
+    d.forward_train(images, labels)  # overwrites the targets the first graph saved
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        sum(losses.values()).backward()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from letkd.supervision.codebook import Codebook, fit_codebook
+from letkd.supervision.codebook import Codebook, fit_codebook, softmax_rows_
 from letkd.supervision.kmeans import nearest_center
 
 
@@ -90,3 +90,25 @@ def test_fit_codebook_is_deterministic_given_seed():
     # the sizes agree with an independent assignment of every row
     idx = ((rows[:, None] - a.centers.numpy()[None]) ** 2).sum(-1).argmin(1)
     np.testing.assert_array_equal(a.cluster_sizes.numpy(), np.bincount(idx, minlength=8))
+
+
+def test_softmax_rows_in_place_equals_torch_softmax():
+    x = torch.randn(37, 300) * 30
+    expected = torch.softmax(x, dim=1)
+    out = softmax_rows_(x)
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(out, expected, atol=1e-7, rtol=1e-6)
+
+
+def test_targets_into_a_buffer_equal_fresh_targets_and_bad_buffers_are_refused():
+    cb = Codebook(torch.rand(16, 4) * 3, temperature=0.7)
+    feats = torch.rand(2, 4, 3, 5)
+    fresh = cb.targets(feats).clone()
+    buffer = torch.full((2 * 3 * 5, 16), float("nan"))
+    again = cb.targets(feats, out=buffer)
+    assert again.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(again, fresh)
+    with pytest.raises(ValueError, match="shape"):
+        cb.targets(feats, out=torch.empty(29, 16))
+    with pytest.raises(ValueError, match="float32"):
+        cb.targets(feats, out=torch.empty(30, 16, dtype=torch.float64))

@@ -7,8 +7,40 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 _EPS = 1e-12
+
+
+class _CosineRowsNarrow(torch.autograd.Function):
+    """``y = (a @ wᵀ) / max(‖a‖, ε)`` over the last axis of ``a`` (..., K), for ``w`` (C, K) with C < K.
+
+    The backward computes ``∂L/∂a = (g/n) @ w − a · Σ_c g_c y_c / n²`` in one matrix product and one fused
+    pass, where plain autograd would build several K-wide temporaries for the norm's gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        flat = rows.reshape(-1, rows.shape[-1])
+        raw_norm = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+        norm = raw_norm.clamp_min(_EPS)
+        out = (flat @ weight.T).div_(norm)
+        ctx.save_for_backward(flat, weight, norm, out, raw_norm >= _EPS)
+        ctx.rows_shape = rows.shape
+        return out.view(*rows.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        flat, weight, norm, out, unclamped = ctx.saved_tensors
+        g = grad.reshape(-1, weight.shape[0]) / norm
+        grad_weight = g.T @ flat if ctx.needs_input_grad[1] else None
+        grad_rows = None
+        if ctx.needs_input_grad[0]:
+            # the clamped norm is a constant where it was clamped: no gradient through it there
+            coef = (g * out).sum(1, keepdim=True).div_(norm).mul_(unclamped)
+            grad_rows = (g @ weight).addcmul_(flat, coef, value=-1.0).view(ctx.rows_shape)
+        return grad_rows, grad_weight
 
 
 class CosineConv2d(nn.Module):
@@ -52,14 +84,23 @@ class CosineConv2d(nn.Module):
         return w.view_as(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, H, W)`` → ``(B, C_out, H, W)``."""
-        w = self.normalized_weight()
+        """``(B, C_in, H, W)`` → ``(B, C_out, H, W)``.
+
+        Computed as a matrix product over the ``B·H·W`` positions: the result is a ``(B, C_out, H, W)``
+        view of a ``(B, H, W, C_out)`` tensor (channels-last strides). For the wide maps of a KD layer
+        (C_out = K = 4096) this avoids the layout conversions a 1×1 ``conv2d`` makes and lets the softmax
+        and BatchNorm that follow run over contiguous channels.
+        """
+        return self.forward_rows(x.movedim(1, -1)).movedim(-1, 1)
+
+    def forward_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The same map on channels-last rows: ``(..., C_in)`` → ``(..., C_out)``."""
+        w = self.normalized_weight().flatten(1)
         if self.out_channels >= self.in_channels:
-            return F.conv2d(F.normalize(x, dim=1, eps=_EPS), w)
+            return F.normalize(rows, dim=-1, eps=_EPS) @ w.T
         # Fewer outputs than inputs: dividing the (smaller) output by the per-position input norm is the same
-        # value as normalising the input first, without materialising a normalised copy of the input.
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(_EPS)
-        return F.conv2d(x, w) / norm
+        # value as normalising the input first, without a normalised copy of the (wide) input.
+        return _CosineRowsNarrow.apply(rows, w)
 
     def extra_repr(self) -> str:
         learn = self.scale is not None and self.scale.requires_grad

@@ -18,26 +18,31 @@ def _check_pair(scores: torch.Tensor, targets: torch.Tensor) -> None:
 
 
 class _TemplateKL(torch.autograd.Function):
-    """KL(P ‖ softmax(a)) summed over positions and divided by ``positions``, with a one-pass backward.
+    """KL(P ‖ softmax(a)) over the last axis of contiguous ``(N, K)`` rows, divided by ``N``.
 
-    The gradient with respect to the scores is ``(softmax(a) − P) / positions``; computing it directly
-    avoids the chain of full-size temporaries autograd would build through log-softmax, product and sum
-    (the score maps are large: B·K·H·W with K = 4096). Targets are treated as constants.
+    The gradient with respect to the scores is ``(softmax(a) − P) / N``; computing it directly avoids the
+    chain of full-size temporaries autograd would build through log-softmax, product and sum (the score
+    maps are large: B·K·H·W with K = 4096). Targets are treated as constants.
     """
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, targets: torch.Tensor, positions: int) -> torch.Tensor:
-        log_q = F.log_softmax(scores, dim=1)
-        loss = (torch.xlogy(targets, targets) - targets * log_q).sum() / positions
+    def forward(ctx, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_q = F.log_softmax(scores, dim=-1)
+        cross = torch.dot(targets.view(-1), log_q.view(-1))
+        loss = (torch.xlogy(targets, targets).sum() - cross) / scores.shape[0]
         ctx.save_for_backward(log_q, targets)
-        ctx.positions = positions
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         log_q, targets = ctx.saved_tensors
-        return torch.exp(log_q).sub_(targets).mul_(grad / ctx.positions), None, None
+        return torch.exp(log_q).sub_(targets).mul_(grad / log_q.shape[0]), None
+
+
+def _rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, K, *)`` → contiguous ``(B·…, K)`` rows; no copy for channels-last maps (KD-layer scores)."""
+    return t.movedim(1, -1).to(dtype).contiguous().view(-1, t.shape[1])
 
 
 def template_kl(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -55,12 +60,12 @@ def template_kl(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """
     _check_pair(scores, targets)
     dtype = torch.promote_types(scores.dtype, torch.float32)
-    positions = scores.numel() // scores.shape[1]
-    p = targets.to(dtype)
     if targets.requires_grad:  # rare: differentiate through the targets as well, with plain autograd
+        p = targets.to(dtype)
+        positions = scores.numel() // scores.shape[1]
         log_q = F.log_softmax(scores.to(dtype), dim=1)
         return (torch.xlogy(p, p) - p * log_q).sum() / positions
-    return _TemplateKL.apply(scores.to(dtype), p, positions)
+    return _TemplateKL.apply(_rows(scores, dtype), _rows(targets, dtype))
 
 
 def template_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,7 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     forward: Callable[[torch.Tensor], torch.Tensor],
     loader: DataLoader,

@@ -45,7 +45,5 @@ class AT(Distiller):
         logits, feats = student_features(self.student, self.student_paths, images)
         targets = teacher_features(self.teacher, self.teacher_paths, images)
         p = self.params
-        loss = sum(
-            at_loss(feats[s], targets[t], p.p) for s, t in zip(self.student_paths, self.teacher_paths)
-        )
+        loss = sum(at_loss(feats[s], targets[t], p.p) for s, t in zip(self.student_paths, self.teacher_paths))
         return logits, {"loss_ce": p.ce_weight * F.cross_entropy(logits, labels), "loss_kd": p.weight * loss}

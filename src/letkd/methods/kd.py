@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
+from letkd.methods.features import teacher_logits
 from letkd.methods.losses import kd_loss
 
 
@@ -34,8 +35,7 @@ class KD(Distiller):
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
         logits = self.student(images)
-        with torch.no_grad():
-            logits_teacher = self.teacher(images)
+        logits_teacher = teacher_logits(self.teacher, images)
         p = self.params
         return logits, {
             "loss_ce": p.ce_weight * F.cross_entropy(logits, labels),

@@ -58,8 +58,13 @@ class LetKD(Distiller):
         self.loss_names = loss_names(layers)
         self.handles = []
         for layer, path, shape, k in zip(layers, paths, shapes, num_templates):
-            kd_layer = KDLayer(shape[0], k, alpha=layer.alpha, template_scale=params.template_scale,
-                               value_scale=params.value_scale)
+            kd_layer = KDLayer(
+                shape[0],
+                k,
+                alpha=layer.alpha,
+                template_scale=params.template_scale,
+                value_scale=params.value_scale,
+            )
             self.handles.append(graft(student, path, kd_layer))
         # alpha == 0 skips a layer's value path; DDP must then tolerate its unused parameters
         self.find_unused_parameters = any(not m.uses_value_path for m in self.kd_layers())

@@ -116,6 +116,7 @@ class TeacherTargets(nn.Module):
         self.supervision = nn.ModuleList(supervision)
         self.teacher_paths = resolve_taps(teacher, [layer.teacher_tap for layer in layers], "teacher")
         self._teacher = [teacher]  # not a submodule: the Distiller owns the teacher
+        self._buffers_by_layer: dict[int, torch.Tensor] = {}  # per-layer target buffers, not state
 
     def check(
         self,
@@ -168,13 +169,32 @@ class TeacherTargets(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        """Targets ``(B, K_i, H_i, W_i)`` per layer for a batch ``images (B, 3, H, W)``, ``labels (B,)``."""
+        """Targets ``(B, K_i, H_i, W_i)`` per layer for a batch ``images (B, 3, H, W)``, ``labels (B,)``.
+
+        The targets of each layer are written into a buffer kept from the previous call (same shape and
+        device), so a new call overwrites the previous call's targets. A graph still holding them then fails
+        loudly at ``backward`` (autograd's version check) instead of reading the new values.
+        """
         feats = teacher_features(self._teacher[0], self.teacher_paths, images)
         out = []
-        for layer, sup, path in zip(self.layers, self.supervision, self.teacher_paths):
+        for i, (layer, sup, path) in enumerate(zip(self.layers, self.supervision, self.teacher_paths)):
             f = pool2x2(feats[path]) if layer.teacher_pool else feats[path]
-            out.append(sup.targets(f, labels) if layer.kind == "subclass" else sup.targets(f))
+            buffer = self._workspace(i, f.shape[0] * f.shape[2] * f.shape[3], sup)
+            if layer.kind == "subclass":
+                out.append(sup.targets(f, labels, out=buffer))
+            else:
+                out.append(sup.targets(f, out=buffer))
         return out
+
+    def _workspace(self, i: int, rows: int, sup: nn.Module) -> torch.Tensor:
+        """A float32 ``(rows, K)`` buffer for layer ``i``'s targets, reused while shape and device hold."""
+        k = int(sup.num_subclasses if hasattr(sup, "num_subclasses") else sup.num_centers)
+        device = next(iter(sup.buffers())).device
+        buffer = self._buffers_by_layer.get(i)
+        if buffer is None or tuple(buffer.shape) != (rows, k) or buffer.device != device:
+            buffer = torch.empty(rows, k, device=device)
+            self._buffers_by_layer[i] = buffer
+        return buffer
 
 
 def student_shapes(

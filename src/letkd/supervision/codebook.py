@@ -22,6 +22,34 @@ def as_buffer(value: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Ten
     )
 
 
+def check_workspace(
+    out: torch.Tensor | None, shape: tuple[int, int], device: torch.device
+) -> torch.Tensor | None:
+    """``out`` if it is a contiguous float32 ``shape`` tensor on ``device`` (or ``None``); else ValueError."""
+    if out is None:
+        return None
+    if (
+        tuple(out.shape) != shape
+        or out.dtype != torch.float32
+        or out.device != device
+        or not out.is_contiguous()
+    ):
+        raise ValueError(
+            f"out must be a contiguous float32 tensor of shape {shape} on {device}, got "
+            f"{out.dtype} {tuple(out.shape)} on {out.device}"
+        )
+    return out
+
+
+def softmax_rows_(rows: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis of contiguous float rows ``(N, K)``, written over ``rows``.
+
+    Uses ATen's softmax kernel with its output aliased to its input (each row is reduced before it is
+    written), which saves allocating a second map of the same size.
+    """
+    return torch.ops.aten._softmax.out(rows, -1, False, out=rows)
+
+
 class Codebook(nn.Module):
     """Frozen K-means centres ρ (K, D) turning teacher features into per-location soft assignments.
 
@@ -70,11 +98,26 @@ class Codebook(nn.Module):
         return dist.clamp_min_(0)  # rounding can make ‖f‖² + ‖c‖² − 2f·c slightly negative
 
     @torch.no_grad()
-    def targets(self, features: torch.Tensor) -> torch.Tensor:
-        """Soft assignments (B, K, H, W), float32, summing to 1 over K at every location."""
-        b, _, h, w = features.shape
-        probs = torch.softmax(self.sq_distances(features).mul_(-self.temperature), dim=1)
-        return probs.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+    def targets(self, features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Soft assignments (B, K, H, W), float32, summing to 1 over K at every location.
+
+        The result is a view of a ``(B·H·W, K)`` row matrix (channels-last strides). ``out``: an optional
+        float32 ``(B·H·W, K)`` buffer on the centres' device to compute into (the methods reuse one across
+        steps: a K = 4096 map is 67 MB at batch 64, and allocating it anew costs more than filling it).
+        """
+        b, d, h, w = features.shape
+        if d != self.dim:
+            raise ValueError(f"features have {d} channels, the codebook has dimension {self.dim}")
+        f = features.detach().to(self.centers.device, torch.float32).permute(0, 2, 3, 1).reshape(-1, d)
+        c = self.centers
+        out = check_workspace(out, (f.shape[0], self.num_centers), c.device)
+        # softmax(−τ‖f−c‖²) over the centres = softmax(τ(2f·c − ‖c‖²)): ‖f‖² is the same for every centre
+        # of a row, so one matrix product and the softmax give the targets without the distances.
+        logits = torch.addmm(
+            (c * c).sum(1), f, c.T, beta=-self.temperature, alpha=2.0 * self.temperature, out=out
+        )
+        softmax_rows_(logits)
+        return logits.view(b, h, w, -1).permute(0, 3, 1, 2)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`targets`."""

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from letkd.supervision.codebook import as_buffer, size_stats
+from letkd.supervision.codebook import as_buffer, check_workspace, size_stats
 from letkd.supervision.kmeans import DEFAULT_CHUNK, nearest_center, train_kmeans
 from letkd.supervision.lda import fit_lda, lda_transform
 
@@ -96,11 +96,23 @@ class SubclassCodebook(nn.Module):
         return y * k + dist.argmin(dim=1)
 
     @torch.no_grad()
-    def targets(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Target distributions (B, S, H, W) for ``features`` (B, D, H, W) and image ``labels`` (B,)."""
+    def targets(
+        self, features: torch.Tensor, labels: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Target distributions (B, S, H, W) for ``features`` (B, D, H, W) and image ``labels`` (B,).
+
+        A view of a ``(B·H·W, S)`` row matrix; ``out`` is an optional float32 buffer of that shape to write
+        into (see :meth:`letkd.supervision.codebook.Codebook.targets`).
+        """
         b, _, h, w = features.shape
-        rows = self.score_matrix[self.assign(features, labels)]
-        return rows.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        index = self.assign(features, labels)
+        out = check_workspace(out, (index.shape[0], self.num_subclasses), self.score_matrix.device)
+        rows = (
+            torch.index_select(self.score_matrix, 0, index, out=out)
+            if out is not None
+            else self.score_matrix[index]
+        )
+        return rows.view(b, h, w, -1).permute(0, 3, 1, 2)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`targets`."""
