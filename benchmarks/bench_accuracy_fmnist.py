@@ -6,9 +6,9 @@ fitted once and cached, then a ``resnet8`` student is trained by every method fo
 :func:`letkd.pipeline.run_pipeline`. :func:`letkd.report.write_report` groups the runs over seeds (mean ±
 std of best and last top-1) into ``<out>/report/`` and the Markdown table is printed.
 
-Scaled-down protocol: a seeded random training subset, a cosine LR schedule over a few epochs, K = 256
-templates (τ = 1 for letKD, 5 for QuEST), 4 sub-classes per class and 9 LDA dimensions (LDA gives at most
-classes − 1 = 9). The subset is written once as its own Fashion-MNIST folder (IDX files; the test split is
+Scaled-down protocol: a seeded random training subset, a cosine LR schedule updated every step over a few
+epochs, K = 256 templates (τ = 1 for letKD, 5 for QuEST), 4 sub-classes per class and 9 LDA dimensions (LDA
+gives at most classes − 1 = 9). The subset is written once as its own Fashion-MNIST folder (IDX files; the test split is
 the full official one) and used as ``data.root``: the teacher, its supervision (fitted on the teacher's
 features of these training images, as the paper fits on its training set) and every student then see the
 same images, and no time goes into extracting features of the other training images. Runs already completed
@@ -129,7 +129,7 @@ def base_config(
             "momentum": 0.9,
             "nesterov": True,
             "weight_decay": 5e-4,
-            "schedule": {"type": "cosine"},
+            "schedule": {"type": "cosine", "per_step": True},
             "progress": False,
             "tensorboard": False,
         },

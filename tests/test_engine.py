@@ -254,6 +254,33 @@ def test_trainer_learns_and_writes_run_folder(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["epochs"] == 3
 
 
+class RecordsLR(Vanilla):
+    """Vanilla that records the optimizer LR seen at every training step."""
+
+    seen: list[float] = []
+
+    def forward_train(self, images, labels, **batch):
+        RecordsLR.seen.append(self._optimizer.param_groups[0]["lr"])
+        return super().forward_train(images, labels)
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_per_step_schedule_sets_the_lr_before_every_step(tmp_path, per_step):
+    schedule = {"type": "cosine", "per_step": per_step}
+    cfg = synthetic_cfg(epochs=2, schedule=schedule)
+    trainer = synthetic_trainer(tmp_path, cfg, RecordsLR)
+    trainer.distiller._optimizer = trainer.optimizer
+    RecordsLR.seen = []
+    trainer.fit()
+    steps = 4  # 64 images, batch 16
+    if per_step:
+        expected = [lr_at_epoch(cfg.train, e + s / steps) for e in range(2) for s in range(steps)]
+        assert expected[-1] < 0.02  # the cosine reaches its end within the run, not at the next epoch
+    else:
+        expected = [lr_at_epoch(cfg.train, e) for e in range(2) for _ in range(steps)]
+    assert RecordsLR.seen == pytest.approx(expected)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     trainer = synthetic_trainer(tmp_path, synthetic_cfg(), Exploding)
     with pytest.raises(NonFiniteLossError) as err:

@@ -74,13 +74,18 @@ class SupervisionConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    """Learning-rate schedule, set per epoch (``step``: multiply by gamma at each milestone)."""
+    """Learning-rate schedule, set per epoch or per step (``step``: multiply by gamma at each milestone)."""
 
     type: Literal["step", "cosine", "constant"] = "step"
     milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     warmup_epochs: int = Field(0, ge=0)
     min_lr: float = 0.0
+    per_step: bool = Field(
+        False,
+        description="update the LR before every step from the fractional epoch (smooth cosine/warm-up for "
+        "short runs); false = once per epoch, as the paper",
+    )
 
 
 class TrainConfig(_Strict):

@@ -1,4 +1,5 @@
-"""Per-epoch learning-rate schedules (the LR is set once at the start of every epoch).
+"""Learning-rate schedules, set once at the start of every epoch or, with ``schedule.per_step``, before every
+step from the fractional epoch ``epoch + step / steps_per_epoch``.
 
 The paper's recipe (SPEC §4.4) is a look-up table by epoch: ``lr · gamma^(number of milestones passed)``;
 ``cosine`` and ``constant`` are the usual alternatives, each optionally preceded by a linear warm-up.
@@ -14,14 +15,15 @@ import torch
 from letkd.config import TrainConfig
 
 
-def lr_at_epoch(train: TrainConfig, epoch: int) -> float:
-    """The learning rate used for the whole of ``epoch`` (0-based) under ``train.schedule``.
+def lr_at_epoch(train: TrainConfig, epoch: float) -> float:
+    """The learning rate at ``epoch`` (0-based; fractional for per-step schedules) under ``train.schedule``.
 
     ``step``: ``lr · gamma^k`` where ``k`` counts the milestones ``<= epoch`` (lr 0.05, milestones
     150/180/210, gamma 0.1 → epoch 149: 0.05, 150: 0.005, 180: 5e-4, 210: 5e-5).
     ``cosine``: from ``lr`` down to ``min_lr`` over the epochs after the warm-up.
     Warm-up: during the first ``warmup_epochs`` epochs the value is scaled by
-    ``(epoch + 1) / (warmup_epochs + 1)``.
+    ``(epoch + 1) / (warmup_epochs + 1)``. A fractional ``epoch`` interpolates all of these (a ``step``
+    schedule changes at the milestone itself).
     """
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")

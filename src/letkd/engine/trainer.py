@@ -389,7 +389,8 @@ class Trainer:
         return min(n, limit) if limit is not None else n
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
-        """One epoch of training (no evaluation, no checkpoint) at the optimizer's current LR.
+        """One epoch of training (no evaluation, no checkpoint) at the optimizer's current LR (or, with
+        ``schedule.per_step``, the schedule's LR at each step).
 
         Returns the epoch's mean losses / train top-1 / image count and its wall-clock seconds.
         Raises :class:`NonFiniteLossError` on a NaN/Inf loss.
@@ -412,8 +413,11 @@ class Trainer:
         pending: tuple[int, torch.Tensor] | None = None
         t0 = time.perf_counter()
         self._step = 0
+        steps = self._steps_in_epoch()
         for step, batch in self._batches(epoch):
             self._step = step
+            if tc.schedule.per_step:
+                set_lr(self.optimizer, lr_at_epoch(tc, epoch + step / max(steps, 1)))
             images, labels = _to_device(batch, self.device, tc.channels_last)
             with autocast_context(self.device, tc.amp):
                 logits, losses = self.model(images, labels)
