@@ -9,10 +9,10 @@ std of best and last top-1) into ``<out>/report/`` and the Markdown table is pri
 Scaled-down protocol: a seeded random training subset, a cosine LR schedule updated every step over a few
 epochs, K = 256 templates (τ = 1 for letKD, 5 for QuEST), 4 sub-classes per class and 9 LDA dimensions (LDA
 gives at most classes − 1 = 9). The subset is written once as its own Fashion-MNIST folder (IDX files; the
-test split is the full official one) and used as ``data.root``: the teacher, its supervision (fitted on the teacher's
-features of these training images, as the paper fits on its training set) and every student then see the
-same images, and no time goes into extracting features of the other training images. Runs already completed
-under the same budget are reused, so an interrupted benchmark picks up where it stopped.
+test split is the full official one) and used as ``data.root``: the teacher, its supervision (fitted on the
+teacher's features of these training images, as the paper fits on its training set) and every student then see
+the same images, and no time goes into extracting features of the other training images. Runs already
+completed under the same budget are reused, so an interrupted benchmark picks up where it stopped.
 
 Settings (environment): ``LETKD_BENCH_SEEDS`` (default 3), ``LETKD_BENCH_EPOCHS`` (student epochs, 5),
 ``LETKD_BENCH_SUBSET`` (training images, 4000), ``LETKD_BENCH_TEACHER_EPOCHS`` (default 2 × student epochs),
