@@ -407,3 +407,11 @@ def test_train_command_exit_codes(tmp_path, monkeypatch, capsys):
     assert main(["train", config, "--out", str(tmp_path)]) == 1
     assert main(["train", config, "train.nope=1"]) == 1
     assert "unknown key 'train.nope'" in capsys.readouterr().err
+
+
+def test_progress_bars_stay_out_of_redirected_logs(tmp_path, capsys):
+    """With ``progress`` on and stderr not a terminal, no bar frames (carriage returns) reach the log."""
+    synthetic_trainer(tmp_path, synthetic_cfg(epochs=1, progress=True)).fit()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "epoch 1/1" in err or "epoch 1/1" in capsys.readouterr().out

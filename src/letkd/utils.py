@@ -61,3 +61,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def tqdm_disable(enabled: bool) -> bool | None:
+    """tqdm's ``disable`` for a bar that is wanted when ``enabled``: off, or on only when the output is a
+    terminal (``None``), so that logs redirected to a file get the per-epoch lines but no bar frames."""
+    return None if enabled else True

@@ -39,7 +39,7 @@ from letkd.engine.metrics import SumMeter, topk_correct
 from letkd.engine.rundir import BEST, LAST, RunLogger
 from letkd.engine.schedule import lr_at_epoch, set_lr
 from letkd.methods.base import Distiller
-from letkd.utils import seed_everything
+from letkd.utils import seed_everything, tqdm_disable
 
 PROGRESS_EVERY = 10  # steps between progress-bar text updates (formatting costs a little)
 
@@ -98,7 +98,7 @@ def evaluate(
     Under DDP the sums are all-reduced, so every rank returns the accuracy on the whole test set.
     """
     meter = SumMeter()
-    batches = tqdm(loader, desc="eval", leave=False, file=sys.stderr, disable=not progress)
+    batches = tqdm(loader, desc="eval", leave=False, file=sys.stderr, disable=tqdm_disable(progress))
     for batch in batches:
         images, labels = _to_device(batch, device, channels_last)
         with autocast_context(device, amp):
@@ -408,7 +408,7 @@ class Trainer:
             leave=False,
             file=sys.stderr,
             dynamic_ncols=True,
-            disable=not (tc.progress and self.info.is_main),
+            disable=tqdm_disable(tc.progress and self.info.is_main),
         )
         pending: tuple[int, torch.Tensor] | None = None
         t0 = time.perf_counter()

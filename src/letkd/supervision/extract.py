@@ -130,6 +130,8 @@ def extract_rows(
     """
     from tqdm.auto import tqdm
 
+    from letkd.utils import tqdm_disable
+
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     path = resolve_tap_path(teacher, tap)
@@ -158,7 +160,7 @@ def extract_rows(
                 feats = taps(images.to(device, non_blocking=True))[path]
                 return F.avg_pool2d(feats, kernel_size=2, stride=2) if pool2x2 else feats
 
-            batches = tqdm(loader, desc=f"extract {tap}", unit="batch", disable=not progress)
+            batches = tqdm(loader, desc=f"extract {tap}", unit="batch", disable=tqdm_disable(progress))
             meta = _stream_rows(read, path, tmp, num_images, max_rows, seed, batches)
         meta.update(
             tap=tap,
