@@ -27,17 +27,18 @@ class _TemplateKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_q = F.log_softmax(scores, dim=-1)
-        cross = torch.dot(targets.view(-1), log_q.view(-1))
+        # Σ P·log softmax(a) = Σ P·a − Σ_n lse(a_n)·Σ_k P[n,k]: no (N, K) log-probabilities are materialised
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+        cross = torch.dot(targets.view(-1), scores.view(-1)) - torch.dot(lse.view(-1), targets.sum(-1))
         loss = (torch.xlogy(targets, targets).sum() - cross) / scores.shape[0]
-        ctx.save_for_backward(log_q, targets)
+        ctx.save_for_backward(scores, lse, targets)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        log_q, targets = ctx.saved_tensors
-        return torch.exp(log_q).sub_(targets).mul_(grad / log_q.shape[0]), None
+        scores, lse, targets = ctx.saved_tensors
+        return torch.sub(scores, lse).exp_().sub_(targets).mul_(grad / scores.shape[0]), None
 
 
 def _rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
