@@ -7,6 +7,9 @@ modules are built directly from random tensors of the paper's shapes (no fitting
 The methods are timed round-robin (median per method) so that load changes on a shared machine hit all of
 them alike; process CPU time (all threads) is shown beside wall time.
 
+``kd_tc`` is KD with ``teacher.compile: true`` (the teacher through ``torch.compile`` with freezing; its
+compilation, about 30 s, happens in the untimed warm-up steps).
+
 Settings: ``LETKD_BENCH_STEPS`` (timed steps per method, default 10), ``LETKD_BENCH_METHODS`` (comma-separated
 labels to time, vanilla is always added; default all), ``LETKD_BENCH_CHANNELS_LAST=1`` (every model and the
 images in channels-last memory format, as ``train.channels_last: true`` does), ``LETKD_BENCH_PROFILE``
@@ -34,7 +37,9 @@ from letkd.supervision.subclass import SubclassCodebook
 BATCH, NUM_CLASSES, INPUT_SIZE = 64, 100, (3, 32, 32)
 TEACHER, STUDENT = "resnet56", "resnet20"
 K_PEN, SUBCLASSES_PER_CLASS, LDA_DIMS, TEACHER_DIM = 4096, 8, 60, 64
-TARGETS = {"kd": 1.7, "letkd1": 3.5, "letkd2": 4.0}
+TARGETS = {"kd": 1.7, "kd_tc": 1.7, "letkd1": 3.5, "letkd2": 4.0}
+#: labels run with ``teacher.compile`` (torch.compile of the frozen teacher; compiled in the warm-up steps)
+COMPILED_TEACHER = {"kd_tc"}
 #: the reference implementations' cost relative to vanilla, for scale (letKD authors' code, torchdistill)
 REFERENCE = {
     "kd": "1.92× (authors), 1.80× (torchdistill)",
@@ -72,10 +77,12 @@ def random_subclasses(generator: torch.Generator) -> SubclassCodebook:
 
 
 def method_specs(generator: torch.Generator) -> dict[str, tuple[str, dict[str, Any], list[nn.Module] | None]]:
-    """Benchmark label → (registered method, params, supervision modules)."""
+    """Benchmark label → (registered method, params, supervision modules); ``kd_tc`` is ``kd`` with
+    ``teacher.compile`` (see :data:`COMPILED_TEACHER`)."""
     return {
         "vanilla": ("vanilla", {}, None),
         "kd": ("kd", {}, None),
+        "kd_tc": ("kd", {}, None),
         "fitnet": ("fitnet", {}, None),
         "at": ("at", {}, None),
         "sp": ("sp", {}, None),
@@ -104,12 +111,18 @@ def method_specs(generator: torch.Generator) -> dict[str, tuple[str, dict[str, A
 
 
 def build_distiller(
-    method: str, params: dict[str, Any], supervision: list[nn.Module] | None, teacher: nn.Module
+    method: str,
+    params: dict[str, Any],
+    supervision: list[nn.Module] | None,
+    teacher: nn.Module,
+    compile_teacher: bool = False,
 ) -> Distiller:
     """A fresh resnet20 student wrapped by ``method`` (vanilla gets no teacher)."""
     torch.manual_seed(0)
     student = create_model(STUDENT, NUM_CLASSES)
-    context = MethodContext(NUM_CLASSES, INPUT_SIZE, epochs=240, supervision=supervision)
+    context = MethodContext(
+        NUM_CLASSES, INPUT_SIZE, epochs=240, supervision=supervision, compile_teacher=compile_teacher
+    )
     cls = get_method(method)
     return cls.from_config(student, teacher if cls.requires_teacher else None, params, context).train()
 
@@ -154,7 +167,11 @@ def main() -> None:
         raise ValueError(f"unknown method label(s) {unknown}; known: {', '.join(specs)}")
     calls = {
         label: make_step(
-            build_distiller(method, params, sup, teacher).to(memory_format=memory_format), images, labels
+            build_distiller(method, params, sup, teacher, label in COMPILED_TEACHER).to(
+                memory_format=memory_format
+            ),
+            images,
+            labels,
         )
         for label, (method, params, sup) in specs.items()
         if label in wanted

@@ -492,3 +492,32 @@ def test_letkd_targets_reuse_a_buffer_and_an_overwritten_graph_fails_loudly():
     d.forward_train(images, labels)  # overwrites the targets the first graph saved
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         sum(losses.values()).backward()
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd"])
+def test_compiled_teacher_gives_the_same_losses(name):
+    """teacher.compile: the frozen teacher runs through torch.compile (BN folded) with the same outputs."""
+    torch.manual_seed(0)
+    student, teacher = _pair()
+    for m in teacher.modules():  # non-trivial BatchNorm statistics, so that folding them matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    params = {"beta": 2.0} if name == "dkd" else {}
+    eager = get_method(name).from_config(student, teacher, params, _context())
+    compiled = get_method(name).from_config(
+        student, teacher, params, MethodContext(num_classes=NC, input_size=SIZE, compile_teacher=True)
+    )
+    images, labels = _batch()
+    _, expected = eager.forward_train(images, labels)
+    _, got = compiled.forward_train(images, labels)
+    assert compiled._compiled_teacher
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_compiling_the_teacher_of_a_feature_method_is_refused():
+    with pytest.raises(ConfigError, match="teacher.compile.*supported for: dkd, kd"):
+        get_method("at").from_config(
+            *_pair(), {}, MethodContext(num_classes=NC, input_size=SIZE, compile_teacher=True)
+        )

@@ -52,6 +52,10 @@ class TeacherConfig(ModelConfig):
     name: str = "resnet56"
     train_config: str | None = Field(None, description="path of a config that trains this teacher")
     check_accuracy: bool = True
+    compile: bool = Field(
+        False,
+        description="torch.compile the frozen teacher (BN folded, weights pre-packed); kd and dkd only",
+    )
 
 
 class MethodConfig(_Strict):

@@ -205,6 +205,11 @@ def run_pipeline(
             raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
         return train_from_config(cfg, run_dir=run_dir, resume=resume, device=device)
     method_cls.parse_params(cfg.method.params)  # fail on bad params before any expensive stage
+    if cfg.teacher.compile and not method_cls.uses_teacher_logits_only:
+        raise ConfigError(
+            f"teacher.compile is only supported by methods that read nothing but the teacher's logits "
+            f"(kd, dkd), not {cfg.method.name!r}"
+        )
 
     already = torch.distributed.is_available() and torch.distributed.is_initialized()
     _, dev = dist_utils.init_distributed(device or cfg.train.device)
@@ -236,6 +241,7 @@ def run_pipeline(
                 input_size=input_size,
                 epochs=run_cfg.train.epochs,
                 supervision=supervision,
+                compile_teacher=run_cfg.teacher.compile if run_cfg.teacher else False,
             )
             return method_cls.from_config(student, teacher.to(_device), run_cfg.method.params, context)
 

@@ -51,13 +51,15 @@ class MethodContext:
 
     ``input_size`` is one image ``(C, H, W)``; ``supervision`` holds the teacher-side supervision modules
     (``Codebook`` / ``SubclassCodebook``), one per entry of ``params["layers"]`` (``None`` where a layer
-    has none), or is ``None`` for methods without layers.
+    has none), or is ``None`` for methods without layers. ``compile_teacher``: compile the frozen teacher
+    (config ``teacher.compile``; see :meth:`Distiller.compile_teacher`).
     """
 
     num_classes: int
     input_size: tuple[int, int, int] = (3, 32, 32)
     epochs: int = 1
     supervision: list[nn.Module | None] | None = field(default=None)
+    compile_teacher: bool = False
 
 
 class MethodParams(BaseModel):
@@ -90,6 +92,8 @@ class Distiller(nn.Module):
     Params: ClassVar[type[MethodParams]] = MethodParams
     #: whether :meth:`from_config` refuses to build without a teacher
     requires_teacher: ClassVar[bool] = False
+    #: whether the method reads only the teacher's logits (then ``teacher.compile`` may compile it whole)
+    uses_teacher_logits_only: ClassVar[bool] = False
 
     @classmethod
     def parse_params(cls, params: dict[str, Any] | MethodParams | None) -> MethodParams:
@@ -119,7 +123,10 @@ class Distiller(nn.Module):
             raise ConfigError(
                 f"method {cls.method_name!r} needs a teacher: set the config's 'teacher' section"
             )
-        return cls.build(student, teacher, parsed, context)
+        distiller = cls.build(student, teacher, parsed, context)
+        if context.compile_teacher:
+            distiller.compile_teacher()
+        return distiller
 
     @classmethod
     def build(
@@ -135,9 +142,34 @@ class Distiller(nn.Module):
         self.student = student
         self.teacher = teacher
         self.epoch = 0
+        self._compiled_teacher: list[Callable[[torch.Tensor], torch.Tensor]] = []  # not a submodule
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
+
+    def compile_teacher(self) -> None:
+        """Run the teacher through ``torch.compile`` (inductor with freezing) from now on.
+
+        Freezing treats the teacher's weights as constants: BatchNorm is folded into the convolutions and
+        the weights are pre-packed, which made a resnet56 forward about 2.7× faster on CPU. Compilation
+        happens at the first training step (about 30 s for resnet56 on two cores) and again for a new
+        batch size. Only for methods that read nothing but the teacher's logits
+        (:attr:`uses_teacher_logits_only`), since feature taps hook into the eager modules.
+        """
+        if self.teacher is None or not self.uses_teacher_logits_only:
+            raise ConfigError(
+                f"teacher.compile: method {self.method_name!r} reads teacher features, not only its logits; "
+                "compiling the teacher is supported for: "
+                + ", ".join(n for n in list_methods() if get_method(n).uses_teacher_logits_only)
+            )
+        self._compiled_teacher = [torch.compile(self.teacher, dynamic=False, options={"freezing": True})]
+
+    def run_teacher(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for ``images`` under inference mode (compiled if :meth:`compile_teacher`)."""
+        from letkd.methods.features import teacher_logits
+
+        teacher = self._compiled_teacher[0] if self._compiled_teacher else self.teacher
+        return teacher_logits(teacher, images)
 
     def train(self, mode: bool = True) -> Distiller:
         """Switch train/eval mode; the teacher always stays in eval mode."""

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
-from letkd.methods.features import teacher_logits
 from letkd.methods.losses import dkd_loss
 
 
@@ -25,6 +24,7 @@ class DKD(Distiller):
     """Decoupled target / non-target logit distillation with a warm-up of the KD term."""
 
     requires_teacher = True
+    uses_teacher_logits_only = True
 
     class Params(MethodParams):
         """``method.params`` of ``dkd``."""
@@ -48,7 +48,7 @@ class DKD(Distiller):
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
         logits = self.student(images)
-        logits_teacher = teacher_logits(self.teacher, images)
+        logits_teacher = self.run_teacher(images)
         p = self.params
         loss_kd = dkd_loss(logits, logits_teacher, labels, p.alpha, p.beta, p.temperature)
         return logits, {

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
-from letkd.methods.features import teacher_logits
 from letkd.methods.losses import kd_loss
 
 
@@ -20,6 +19,7 @@ class KD(Distiller):
     """Logit distillation with a temperature; the teacher runs to its logits under no-grad."""
 
     requires_teacher = True
+    uses_teacher_logits_only = True
 
     class Params(MethodParams):
         """``method.params`` of ``kd``."""
@@ -35,7 +35,7 @@ class KD(Distiller):
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
         logits = self.student(images)
-        logits_teacher = teacher_logits(self.teacher, images)
+        logits_teacher = self.run_teacher(images)
         p = self.params
         return logits, {
             "loss_ce": p.ce_weight * F.cross_entropy(logits, labels),
