@@ -114,6 +114,10 @@ def test_helpers():
     other_seed = {**base, "seed": 5, "train": {**base["train"], "device": "cuda"}}
     other_lr = {**base, "train": {**base["train"], "lr": 0.2}}
     assert config_variant(base) == config_variant(other_seed) != config_variant(other_lr)
+    # a config saved before an option existed groups with one holding that option's default
+    older = {"seed": 1, "data": {"name": "digits"}}
+    assert config_variant(older) == config_variant(base)
+    assert config_variant({**older, "train": {"schedule": {"per_step": True}}}) != config_variant(base)
 
 
 def test_summary_numbers_match_independent_computation(runs):

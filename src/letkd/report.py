@@ -42,6 +42,7 @@ IGNORED_KEYS = (
     ("teacher", "checkpoint"),
     ("teacher", "train_config"),
     ("teacher", "check_accuracy"),
+    ("teacher", "compile"),
     ("supervision", "cache_dir"),
     ("supervision", "seed"),
     ("train", "device"),
@@ -139,10 +140,19 @@ def strip_seed_suffix(name: str) -> str:
 
 
 def config_variant(config: dict[str, Any]) -> str:
-    """Short hash of ``config`` without the :data:`IGNORED_KEYS` (equal for runs that differ only by seed)."""
+    """Short hash of ``config`` without the :data:`IGNORED_KEYS` (equal for runs that differ only by seed).
+
+    A config that parses is first completed with the defaults of every key it leaves out, so a run saved
+    before a new option existed groups with later runs that use that option's default.
+    """
     import copy
 
-    data = copy.deepcopy(config)
+    from letkd.config import ConfigError, config_from_dict
+
+    try:
+        data = config_from_dict(copy.deepcopy(config)).model_dump(mode="json")
+    except (ConfigError, ValueError, TypeError):
+        data = copy.deepcopy(config)
     for path in IGNORED_KEYS:
         node = data
         for part in path[:-1]:
