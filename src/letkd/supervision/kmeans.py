@@ -45,8 +45,11 @@ def train_kmeans(
 
     ``max_points_per_centroid`` caps the training set at ``k·max_points_per_centroid`` rows sampled by
     faiss (its default, 256); ``None`` trains on all rows. Requires ``N >= k``. ``threads`` sets faiss's
-    OpenMP threads for this call (None = faiss's default, all cores).
+    OpenMP threads for this call (None = faiss's default, all cores). ``verbose`` prints faiss's per-iteration
+    line, which redraws itself with carriage returns: it is shown only when stdout is a terminal.
     """
+    import sys
+
     import faiss
 
     n, d = x.shape
@@ -60,7 +63,7 @@ def train_kmeans(
         seed=int(seed),
         max_points_per_centroid=int(cap),
         min_points_per_centroid=1,
-        verbose=verbose,
+        verbose=verbose and sys.stdout.isatty(),
     )
     previous = faiss.omp_get_max_threads()
     if threads is not None:
