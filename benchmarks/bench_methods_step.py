@@ -7,8 +7,8 @@ modules are built directly from random tensors of the paper's shapes (no fitting
 The methods are timed round-robin (median per method) so that load changes on a shared machine hit all of
 them alike; process CPU time (all threads) is shown beside wall time.
 
-``kd_tc`` is KD with ``teacher.compile: true`` (the teacher through ``torch.compile`` with freezing; its
-compilation, about 30 s, happens in the untimed warm-up steps).
+``kd_tc``, ``letkd1_tc`` and ``letkd2_tc`` run with ``teacher.compile: true`` (the frozen teacher through
+``torch.compile`` with freezing; the compilation, up to 30 s each, happens in the untimed warm-up steps).
 
 Settings: ``LETKD_BENCH_STEPS`` (timed steps per method, default 10), ``LETKD_BENCH_METHODS`` (comma-separated
 labels to time, vanilla is always added; default all), ``LETKD_BENCH_CHANNELS_LAST=1`` (every model and the
@@ -20,6 +20,7 @@ Run: ``python -m benchmarks.run_all methods_step``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +38,9 @@ from letkd.supervision.subclass import SubclassCodebook
 BATCH, NUM_CLASSES, INPUT_SIZE = 64, 100, (3, 32, 32)
 TEACHER, STUDENT = "resnet56", "resnet20"
 K_PEN, SUBCLASSES_PER_CLASS, LDA_DIMS, TEACHER_DIM = 4096, 8, 60, 64
-TARGETS = {"kd": 1.7, "kd_tc": 1.7, "letkd1": 3.5, "letkd2": 4.0}
+TARGETS = {"kd": 1.7, "kd_tc": 1.7, "letkd1": 3.5, "letkd1_tc": 3.5, "letkd2": 4.0, "letkd2_tc": 4.0}
 #: labels run with ``teacher.compile`` (torch.compile of the frozen teacher; compiled in the warm-up steps)
-COMPILED_TEACHER = {"kd_tc"}
+COMPILED_TEACHER = ("kd_tc", "letkd1_tc", "letkd2_tc")
 #: the reference implementations' cost relative to vanilla, for scale (letKD authors' code, torchdistill)
 REFERENCE = {
     "kd": "1.92× (authors), 1.80× (torchdistill)",
@@ -77,12 +78,11 @@ def random_subclasses(generator: torch.Generator) -> SubclassCodebook:
 
 
 def method_specs(generator: torch.Generator) -> dict[str, tuple[str, dict[str, Any], list[nn.Module] | None]]:
-    """Benchmark label → (registered method, params, supervision modules); ``kd_tc`` is ``kd`` with
-    ``teacher.compile`` (see :data:`COMPILED_TEACHER`)."""
-    return {
+    """Benchmark label → (registered method, params, supervision modules); a ``<label>_tc`` entry is the
+    same method with ``teacher.compile`` (see :data:`COMPILED_TEACHER`)."""
+    specs = {
         "vanilla": ("vanilla", {}, None),
         "kd": ("kd", {}, None),
-        "kd_tc": ("kd", {}, None),
         "fitnet": ("fitnet", {}, None),
         "at": ("at", {}, None),
         "sp": ("sp", {}, None),
@@ -108,6 +108,9 @@ def method_specs(generator: torch.Generator) -> dict[str, tuple[str, dict[str, A
             [random_subclasses(generator), random_codebook(generator)],
         ),
     }
+    for label in COMPILED_TEACHER:
+        specs[label] = specs[label.removesuffix("_tc")]
+    return specs
 
 
 def build_distiller(
@@ -120,6 +123,8 @@ def build_distiller(
     """A fresh resnet20 student wrapped by ``method`` (vanilla gets no teacher)."""
     torch.manual_seed(0)
     student = create_model(STUDENT, NUM_CLASSES)
+    if compile_teacher:  # compiling a feature method's teacher changes its modules: use a copy
+        teacher = copy.deepcopy(teacher)
     context = MethodContext(
         NUM_CLASSES, INPUT_SIZE, epochs=240, supervision=supervision, compile_teacher=compile_teacher
     )

@@ -494,30 +494,43 @@ def test_letkd_targets_reuse_a_buffer_and_an_overwritten_graph_fails_loudly():
         sum(losses.values()).backward()
 
 
-@pytest.mark.parametrize("name", ["kd", "dkd"])
-def test_compiled_teacher_gives_the_same_losses(name):
-    """teacher.compile: the frozen teacher runs through torch.compile (BN folded) with the same outputs."""
-    torch.manual_seed(0)
-    student, teacher = _pair()
-    for m in teacher.modules():  # non-trivial BatchNorm statistics, so that folding them matters
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    params = {"beta": 2.0} if name == "dkd" else {}
-    eager = get_method(name).from_config(student, teacher, params, _context())
-    compiled = get_method(name).from_config(
-        student, teacher, params, MethodContext(num_classes=NC, input_size=SIZE, compile_teacher=True)
-    )
-    images, labels = _batch()
-    _, expected = eager.forward_train(images, labels)
-    _, got = compiled.forward_train(images, labels)
-    assert compiled._compiled_teacher
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize(
+    "name,params,supervision",
+    [
+        ("kd", {}, None),
+        ("at", {}, None),
+        ("letkd", {"layers": [SUBCLASS_LAYER, CODEBOOK_LAYER]}, "letkd2"),
+    ],
+)
+def test_compiled_teacher_gives_the_same_losses(name, params, supervision):
+    """teacher.compile: the frozen teacher (whole, or its untapped submodules) runs through torch.compile."""
+    sup = [_subclass(), _codebook()] if supervision == "letkd2" else None
+    losses = []
+    for compile_teacher in (False, True):
+        torch.manual_seed(0)
+        student, teacher = _pair()
+        for m in teacher.modules():  # non-trivial BatchNorm statistics, so that folding them matters
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        context = MethodContext(NC, SIZE, epochs=2, supervision=sup, compile_teacher=compile_teacher)
+        d = get_method(name).from_config(student, teacher, params, context).train()
+        images, labels = _batch()
+        losses.append(d.forward_train(images, labels)[1])
+    assert bool(d._compiled_teacher) == (name == "kd")  # logits only: the whole teacher is compiled
+    assert ("forward" in vars(teacher.layer1)) == (name != "kd")  # features: its untapped blocks are
+    for key in losses[0]:
+        torch.testing.assert_close(losses[1][key], losses[0][key], rtol=1e-4, atol=1e-5)
 
 
-def test_compiling_the_teacher_of_a_feature_method_is_refused():
-    with pytest.raises(ConfigError, match="teacher.compile.*supported for: dkd, kd"):
-        get_method("at").from_config(
-            *_pair(), {}, MethodContext(num_classes=NC, input_size=SIZE, compile_teacher=True)
-        )
+def test_compile_picks_the_largest_untapped_submodules():
+    from letkd.methods.base import compile_untapped_submodules
+
+    model = create_model("resnet8", NC)
+    compiled = compile_untapped_submodules(model, ["layer2", "layer3.0.conv1"])
+    # a tap's own forward may be compiled (its hooks run around it); a module holding a tap inside is split
+    # up, and modules without parameters (ReLU, pooling) stay eager
+    assert compiled == ["conv1", "bn1", "layer1", "layer2", "layer3.0.conv1", "layer3.0.bn1",
+                        "layer3.0.conv2", "layer3.0.bn2", "layer3.0.downsample", "fc"]  # fmt: skip
+    assert "forward" not in vars(model.layer3) and "forward" not in vars(model.relu)
+    assert "forward" in vars(model.layer1) and "forward" in vars(model.layer3[0].conv1)

@@ -115,10 +115,3 @@ def test_run_cli_refuses_missing_teacher_checkpoint(workdir, capsys):
     assert code == 1
     assert "teacher checkpoint not found" in capsys.readouterr().err
 
-
-def test_run_cli_refuses_teacher_compile_for_feature_methods_before_any_work(workdir, capsys, tmp_path):
-    out = str(tmp_path / "r")
-    code = cli_main(["run", "configs/digits/letkd1.yaml", "teacher.compile=true", "--out", out])
-    assert code == 1
-    assert "teacher.compile is only supported" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()

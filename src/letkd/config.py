@@ -54,7 +54,7 @@ class TeacherConfig(ModelConfig):
     check_accuracy: bool = True
     compile: bool = Field(
         False,
-        description="torch.compile the frozen teacher (BN folded, weights pre-packed); kd and dkd only",
+        description="torch.compile the frozen teacher (BN folded, weights pre-packed); docs/training.md",
     )
 
 

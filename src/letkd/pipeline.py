@@ -205,12 +205,6 @@ def run_pipeline(
             raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
         return train_from_config(cfg, run_dir=run_dir, resume=resume, device=device)
     method_cls.parse_params(cfg.method.params)  # fail on bad params before any expensive stage
-    if cfg.teacher.compile and not method_cls.uses_teacher_logits_only:
-        raise ConfigError(
-            f"teacher.compile is only supported by methods that read nothing but the teacher's logits "
-            f"(kd, dkd), not {cfg.method.name!r}"
-        )
-
     already = torch.distributed.is_available() and torch.distributed.is_initialized()
     _, dev = dist_utils.init_distributed(device or cfg.train.device)
     try:

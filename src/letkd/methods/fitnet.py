@@ -65,6 +65,7 @@ class FitNet(Distiller):
         input_size = context.input_size if context is not None else (3, 32, 32)
         (self.student_path,) = resolve_taps(student, [params.student_tap], "student")
         (self.teacher_path,) = resolve_taps(teacher, [params.teacher_tap], "teacher")
+        self.teacher_paths = [self.teacher_path]
         s_shape = probe_shapes(student, [self.student_path], input_size)[self.student_path]
         t_shape = probe_shapes(teacher, [self.teacher_path], input_size)[self.teacher_path]
         try:

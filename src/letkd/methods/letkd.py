@@ -54,6 +54,7 @@ class LetKD(Distiller):
         if len(set(paths)) != len(paths):
             raise ConfigError(f"letkd: two layers graft the same student module ({paths})")
         self.targets = TeacherTargets(teacher, layers, context.supervision, self.method_name)
+        self.teacher_paths = self.targets.teacher_paths
         num_templates = self.targets.check(shapes, context.input_size, context.num_classes)
         self.loss_names = loss_names(layers)
         self.handles = []

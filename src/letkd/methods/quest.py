@@ -42,6 +42,7 @@ class QuEST(Distiller):
         self.params = params = params or self.Params()
         self.student_paths, shapes = student_shapes(student, params.layers, context.input_size)
         self.targets = TeacherTargets(teacher, params.layers, context.supervision, self.method_name)
+        self.teacher_paths = self.targets.teacher_paths
         num_templates = self.targets.check(shapes, context.input_size, context.num_classes)
         self.loss_names = loss_names(params.layers)
         self.heads = nn.ModuleList(
