@@ -89,17 +89,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_teacher(cfg, checkpoint: str | None):
-    """The config's teacher (weights loaded strictly from ``checkpoint`` if given) and the class count."""
-    from letkd.data import dataset_info
-    from letkd.models import create_model, load_weights
+    """The config's teacher and class count, built as ``letkd run`` builds them (so that the artefacts
+    fitted here are the ones a run looks up); an untrained teacher is initialised from ``cfg.seed``."""
+    from letkd.engine.build import resolve_num_classes
+    from letkd.pipeline import build_teacher
     from letkd.utils import seed_everything
 
-    num_classes = cfg.teacher.num_classes or dataset_info(cfg.data.name).num_classes
-    seed_everything(cfg.seed)  # an untrained teacher is identified by its seed
-    teacher = create_model(cfg.teacher.name, num_classes, **cfg.teacher.kwargs)
-    if checkpoint:
-        load_weights(teacher, checkpoint)
-    return teacher.eval(), num_classes
+    num_classes = resolve_num_classes(cfg)
+    seed_everything(cfg.seed)
+    return build_teacher(cfg, num_classes, checkpoint), num_classes
 
 
 def summary_line(spec, meta: dict, path, cached: bool, seconds: float) -> str:
