@@ -86,13 +86,17 @@ class Codebook(nn.Module):
         """D, the feature dimension."""
         return int(self.centers.shape[1])
 
+    def _feature_rows(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, D, H, W)`` features as float32 rows ``(B·H·W, D)`` on the centres' device, (b,h,w) order."""
+        d = features.shape[1]
+        if d != self.dim:
+            raise ValueError(f"features have {d} channels, the codebook has dimension {self.dim}")
+        return features.detach().to(self.centers.device, torch.float32).permute(0, 2, 3, 1).reshape(-1, d)
+
     @torch.no_grad()
     def sq_distances(self, features: torch.Tensor) -> torch.Tensor:
         """Squared distances (N, K) of the N = B·H·W locations of ``features`` (B, D, H, W), (b,h,w) order."""
-        b, d, h, w = features.shape
-        if d != self.dim:
-            raise ValueError(f"features have {d} channels, the codebook has dimension {self.dim}")
-        f = features.detach().to(self.centers.device, torch.float32).permute(0, 2, 3, 1).reshape(-1, d)
+        f = self._feature_rows(features)
         c = self.centers
         dist = torch.addmm((c * c).sum(1), f, c.T, alpha=-2.0).add_((f * f).sum(1, keepdim=True))
         return dist.clamp_min_(0)  # rounding can make ‖f‖² + ‖c‖² − 2f·c slightly negative
@@ -105,10 +109,8 @@ class Codebook(nn.Module):
         float32 ``(B·H·W, K)`` buffer on the centres' device to compute into (the methods reuse one across
         steps: a K = 4096 map is 67 MB at batch 64, and allocating it anew costs more than filling it).
         """
-        b, d, h, w = features.shape
-        if d != self.dim:
-            raise ValueError(f"features have {d} channels, the codebook has dimension {self.dim}")
-        f = features.detach().to(self.centers.device, torch.float32).permute(0, 2, 3, 1).reshape(-1, d)
+        b, _, h, w = features.shape
+        f = self._feature_rows(features)
         c = self.centers
         out = check_workspace(out, (f.shape[0], self.num_centers), c.device)
         # softmax(−τ‖f−c‖²) over the centres = softmax(τ(2f·c − ‖c‖²)): ‖f‖² is the same for every centre
