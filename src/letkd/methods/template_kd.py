@@ -179,23 +179,22 @@ class TeacherTargets(nn.Module):
         out = []
         for i, (layer, sup, path) in enumerate(zip(self.layers, self.supervision, self.teacher_paths)):
             f = pool2x2(feats[path]) if layer.teacher_pool else feats[path]
-            buffer = self._workspace(i, f.shape[0] * f.shape[2] * f.shape[3], sup)
+            buffer = self._reusable_buffer(i, f.shape[0] * f.shape[2] * f.shape[3], sup)
             if layer.kind == "subclass":
-                out.append(sup.targets(f, labels, out=buffer))
+                target = sup.targets(f, labels, out=buffer)
             else:
-                out.append(sup.targets(f, out=buffer))
+                target = sup.targets(f, out=buffer)
+            # the (B·H·W, K) rows behind the (B, K, H, W) view: next call's buffer
+            self._buffers_by_layer[i] = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1])
+            out.append(target)
         return out
 
-    def _workspace(self, i: int, rows: int, sup: nn.Module) -> torch.Tensor:
-        """A float32 ``(rows, K)`` buffer for layer ``i``'s targets, reused while shape and device hold."""
-        k = int(sup.num_subclasses if hasattr(sup, "num_subclasses") else sup.num_centers)
-        device = next(iter(sup.buffers())).device
+    def _reusable_buffer(self, i: int, rows: int, sup: nn.Module) -> torch.Tensor | None:
+        """Layer ``i``'s previous target rows if they have ``rows`` rows on ``sup``'s device, else ``None``
+        (the supervision module then allocates, and that result becomes the buffer)."""
         buffer = self._buffers_by_layer.get(i)
-        if buffer is None or tuple(buffer.shape) != (rows, k) or buffer.device != device:
-            buffer = torch.empty(rows, k, device=device)
-            self._buffers_by_layer[i] = buffer
-        return buffer
-
+        device = next(iter(sup.buffers())).device
+        return buffer if buffer is not None and buffer.shape[0] == rows and buffer.device == device else None
 
 def student_shapes(
     student: nn.Module, layers: Sequence[AnyLayer], input_size: tuple[int, int, int]
