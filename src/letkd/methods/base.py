@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from letkd.config import ConfigError
+from letkd.methods.features import teacher_logits
 
 _METHODS: dict[str, type[Distiller]] = {}
 
@@ -195,8 +196,6 @@ class Distiller(nn.Module):
 
     def run_teacher(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for ``images`` under inference mode (compiled if :meth:`compile_teacher`)."""
-        from letkd.methods.features import teacher_logits
-
         teacher = self._compiled_teacher[0] if self._compiled_teacher else self.teacher
         return teacher_logits(teacher, images)
 
