@@ -13,7 +13,9 @@ them alike; process CPU time (all threads) is shown beside wall time.
 Settings: ``LETKD_BENCH_STEPS`` (timed steps per method, default 10), ``LETKD_BENCH_METHODS`` (comma-separated
 labels to time, vanilla is always added; default all), ``LETKD_BENCH_CHANNELS_LAST=1`` (every model and the
 images in channels-last memory format, as ``train.channels_last: true`` does), ``LETKD_BENCH_PROFILE``
-(comma-separated labels, e.g. ``letkd2``: print a torch.profiler table of one step of each).
+(comma-separated labels, e.g. ``letkd2``: print a torch.profiler table of one step of each),
+``LETKD_BENCH_SYSTEM_MALLOC=1`` (leave glibc malloc as it is instead of what the trainer does by default,
+``train.reuse_host_memory``). The teacher is channels-last as by default (``teacher.channels_last``).
 Targets: KD ≤ 1.7×, letKD-1 ≤ 3.5×, letKD-2 ≤ 4× vanilla.
 Run: ``python -m benchmarks.run_all methods_step``.
 """
@@ -30,6 +32,7 @@ from torch import nn
 from benchmarks._common import env_int, env_list, format_table, interleaved_median
 from letkd.config import TrainConfig
 from letkd.engine import build_optimizer
+from letkd.engine.host_memory import reuse_freed_host_memory
 from letkd.methods import Distiller, MethodContext, get_method
 from letkd.models import create_model
 from letkd.supervision.codebook import Codebook
@@ -170,21 +173,20 @@ def main() -> None:
     unknown = [label for label in wanted if label not in specs]
     if unknown:
         raise ValueError(f"unknown method label(s) {unknown}; known: {', '.join(specs)}")
-    calls = {
-        label: make_step(
-            build_distiller(method, params, sup, teacher, label in COMPILED_TEACHER).to(
-                memory_format=memory_format
-            ),
-            images,
-            labels,
-        )
+    reused = not env_int("LETKD_BENCH_SYSTEM_MALLOC", 0) and reuse_freed_host_memory()
+    distillers = {
+        label: build_distiller(method, params, sup, teacher, label in COMPILED_TEACHER)
         for label, (method, params, sup) in specs.items()
         if label in wanted
     }
+    if channels_last:  # what train.channels_last does; otherwise the teacher alone is channels-last
+        distillers = {label: d.to(memory_format=torch.channels_last) for label, d in distillers.items()}
+    calls = {label: make_step(d, images, labels) for label, d in distillers.items()}
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {BATCH} × 3×32×32, "
         f"{TEACHER} → {STUDENT}, {NUM_CLASSES} classes, median of {steps} interleaved steps"
         + (", channels-last" if channels_last else "")
+        + (", freed host memory reused" if reused else ", system malloc settings")
     )
     timings = interleaved_median(calls, repeats=steps)
     base = timings["vanilla"]

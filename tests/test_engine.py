@@ -415,3 +415,11 @@ def test_progress_bars_stay_out_of_redirected_logs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "\r" not in err
     assert "epoch 1/1" in err or "epoch 1/1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_cpu_trainer_applies_reuse_host_memory(tmp_path, monkeypatch, reuse):
+    calls = []
+    monkeypatch.setattr("letkd.engine.trainer.reuse_freed_host_memory", lambda: calls.append(1) or True)
+    synthetic_trainer(tmp_path, synthetic_cfg(reuse_host_memory=reuse))
+    assert calls == ([1] if reuse else [])

@@ -534,3 +534,39 @@ def test_compile_picks_the_largest_untapped_submodules():
                         "layer3.0.conv2", "layer3.0.bn2", "layer3.0.downsample", "fc"]  # fmt: skip
     assert "forward" not in vars(model.layer3) and "forward" not in vars(model.relu)
     assert "forward" in vars(model.layer1) and "forward" in vars(model.layer3[0].conv1)
+
+
+def _spatial_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """Convolutions whose weight layout tells the memory formats apart (1×1 kernels fit both)."""
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+
+
+def _channels_last(weight: torch.Tensor) -> bool:
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    "name,params,supervision",
+    [
+        ("kd", {}, None),
+        ("fitnet", {}, None),
+        ("letkd", {"layers": [SUBCLASS_LAYER, CODEBOOK_LAYER]}, "letkd2"),
+    ],
+)
+def test_channels_last_teacher_gives_the_same_losses(name, params, supervision):
+    """teacher.channels_last (default on): only the teacher's weight layout changes, not its outputs."""
+    sup = [_subclass(), _codebook()] if supervision == "letkd2" else None
+    losses, layouts = [], []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        student, teacher = _pair()
+        context = MethodContext(NC, SIZE, epochs=2, supervision=sup, teacher_channels_last=channels_last)
+        d = get_method(name).from_config(student, teacher, params, context).train()
+        layouts.append({_channels_last(m.weight) for m in _spatial_convs(d.teacher)})
+        assert not any(_channels_last(m.weight) for m in _spatial_convs(d.student))  # the student's own
+        images, labels = _batch()
+        losses.append(d.forward_train(images, labels)[1])
+    assert layouts == [{False}, {True}]
+    assert MethodContext(NC).teacher_channels_last  # the default
+    for key in losses[0]:
+        torch.testing.assert_close(losses[1][key], losses[0][key], rtol=1e-4, atol=1e-5)

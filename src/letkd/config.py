@@ -56,6 +56,9 @@ class TeacherConfig(ModelConfig):
         False,
         description="torch.compile the frozen teacher (BN folded, weights pre-packed); docs/training.md",
     )
+    channels_last: bool = Field(
+        True, description="run the frozen teacher in channels-last memory format (faster convolutions)"
+    )
 
 
 class MethodConfig(_Strict):
@@ -108,6 +111,11 @@ class TrainConfig(_Strict):
     channels_last: bool = False
     compile: bool = False
     device: str = "auto"
+    reuse_host_memory: bool = Field(
+        True,
+        description="CPU runs: glibc malloc keeps freed blocks for reuse (no page faults on every step); "
+        "the process keeps its peak memory",
+    )
     deterministic: bool = False
     sync_bn: bool = False
     grad_clip: float | None = None

@@ -27,18 +27,22 @@ class _TemplateKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # Σ P·log softmax(a) = Σ P·a − Σ_n lse(a_n)·Σ_k P[n,k]: no (N, K) log-probabilities are materialised
-        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+        # Σ P·log softmax(a) = Σ P·a − Σ_n lse(a_n)·Σ_k P[n,k]: no (N, K) log-probabilities are materialised.
+        # The softmax (kept for the backward) gives lse without another exp pass: at the row maximum m,
+        # softmax = exp(m − lse) ≥ 1/K, so lse = m − log softmax[argmax] is well conditioned.
+        probs = torch.softmax(scores, dim=-1)
+        row_max, argmax = scores.max(dim=-1, keepdim=True)
+        lse = row_max - probs.gather(-1, argmax).log_()
         cross = torch.dot(targets.view(-1), scores.view(-1)) - torch.dot(lse.view(-1), targets.sum(-1))
         loss = (torch.xlogy(targets, targets).sum() - cross) / scores.shape[0]
-        ctx.save_for_backward(scores, lse, targets)
+        ctx.save_for_backward(probs, targets)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        scores, lse, targets = ctx.saved_tensors
-        return torch.sub(scores, lse).exp_().sub_(targets).mul_(grad / scores.shape[0]), None
+        probs, targets = ctx.saved_tensors
+        return torch.sub(probs, targets).mul_(grad / probs.shape[0]), None
 
 
 def _rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -236,6 +236,7 @@ def run_pipeline(
                 epochs=run_cfg.train.epochs,
                 supervision=supervision,
                 compile_teacher=run_cfg.teacher.compile if run_cfg.teacher else False,
+                teacher_channels_last=run_cfg.teacher.channels_last if run_cfg.teacher else False,
             )
             return method_cls.from_config(student, teacher.to(_device), run_cfg.method.params, context)
 

@@ -50,6 +50,8 @@ IGNORED_KEYS = (
     ("train", "compile"),
     ("train", "channels_last"),
     ("train", "deterministic"),
+    ("train", "reuse_host_memory"),
+    ("teacher", "channels_last"),
 )
 _SEED_SUFFIX = re.compile(r"[-_.]?(?:seed|s)[-_]?\d+$", re.IGNORECASE)
 

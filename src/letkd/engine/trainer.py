@@ -35,6 +35,7 @@ from letkd.engine.checkpoint import (
     save_checkpoint,
 )
 from letkd.engine.distributed import DistInfo
+from letkd.engine.host_memory import reuse_freed_host_memory
 from letkd.engine.metrics import SumMeter, topk_correct
 from letkd.engine.rundir import BEST, LAST, RunLogger
 from letkd.engine.schedule import lr_at_epoch, set_lr
@@ -206,6 +207,8 @@ class Trainer:
     def _prepare(self, distiller: Distiller) -> Distiller:
         tc = self.cfg.train
         distiller = distiller.to(self.device)
+        if tc.reuse_host_memory and self.device.type == "cpu":
+            reuse_freed_host_memory()
         if tc.channels_last:
             distiller = distiller.to(memory_format=torch.channels_last)
         if tc.sync_bn and self.info.enabled:
