@@ -205,6 +205,17 @@ def test_template_kl_equals_explicit_sum_with_zero_targets():
     assert loss.item() == pytest.approx(_explicit_kl(scores.numpy(), targets.numpy()), rel=1e-5)
 
 
+def test_template_kl_with_subnormal_targets():
+    """Peaked teacher assignments hold float32 subnormals (< 1.2e-38) beside exact zeros."""
+    scores = torch.randn(2, 8, 3, 3) * 3
+    targets = torch.softmax(torch.randn(2, 8, 3, 3) * 40, dim=1)
+    targets[:, 1] = 1e-40
+    targets[:, 2] = 0
+    assert ((targets > 0) & (targets < torch.finfo(torch.float32).tiny)).any()
+    expected = _explicit_kl(scores.double().numpy(), targets.double().numpy())
+    assert template_kl(scores, targets).item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_template_kl_one_hot_targets_is_cross_entropy_and_finite():
     scores = torch.randn(2, 9, 3, 3, requires_grad=True)
     labels = torch.randint(0, 9, (2, 3, 3))

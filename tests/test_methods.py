@@ -553,20 +553,30 @@ def _channels_last(weight: torch.Tensor) -> bool:
         ("letkd", {"layers": [SUBCLASS_LAYER, CODEBOOK_LAYER]}, "letkd2"),
     ],
 )
-def test_channels_last_teacher_gives_the_same_losses(name, params, supervision):
-    """teacher.channels_last (default on): only the teacher's weight layout changes, not its outputs."""
+def test_channels_last_and_folded_teacher_gives_the_same_losses(name, params, supervision):
+    """teacher.channels_last and teacher.fold_batchnorm (both default on) change how the teacher computes,
+    not what: the losses stay the same, and the modules the method taps are kept."""
     sup = [_subclass(), _codebook()] if supervision == "letkd2" else None
-    losses, layouts = [], []
-    for channels_last in (False, True):
+    losses, layouts, batchnorms = [], [], []
+    for optimized in (False, True):
         torch.manual_seed(0)
         student, teacher = _pair()
-        context = MethodContext(NC, SIZE, epochs=2, supervision=sup, teacher_channels_last=channels_last)
+        for m in teacher.modules():  # non-trivial BatchNorm statistics, so that folding them matters
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        fast = {"teacher_channels_last": optimized, "fold_teacher_batchnorm": optimized}
+        context = MethodContext(NC, SIZE, epochs=2, supervision=sup, **fast)
         d = get_method(name).from_config(student, teacher, params, context).train()
         layouts.append({_channels_last(m.weight) for m in _spatial_convs(d.teacher)})
         assert not any(_channels_last(m.weight) for m in _spatial_convs(d.student))  # the student's own
+        batchnorms.append(sum(isinstance(m, nn.BatchNorm2d) for m in d.teacher.modules()))
+        for path in getattr(d, "teacher_paths", []):
+            assert not isinstance(d.teacher.get_submodule(path), nn.Identity)
         images, labels = _batch()
         losses.append(d.forward_train(images, labels)[1])
     assert layouts == [{False}, {True}]
-    assert MethodContext(NC).teacher_channels_last  # the default
+    assert batchnorms[1] < batchnorms[0] and (name != "kd" or batchnorms[1] == 0)
+    assert MethodContext(NC).teacher_channels_last and MethodContext(NC).fold_teacher_batchnorm  # defaults
     for key in losses[0]:
         torch.testing.assert_close(losses[1][key], losses[0][key], rtol=1e-4, atol=1e-5)

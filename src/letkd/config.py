@@ -59,6 +59,9 @@ class TeacherConfig(ModelConfig):
     channels_last: bool = Field(
         True, description="run the frozen teacher in channels-last memory format (faster convolutions)"
     )
+    fold_batchnorm: bool = Field(
+        True, description="fold the frozen teacher's BatchNorm layers into its convolutions (untapped ones)"
+    )
 
 
 class MethodConfig(_Strict):

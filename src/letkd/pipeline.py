@@ -237,6 +237,7 @@ def run_pipeline(
                 supervision=supervision,
                 compile_teacher=run_cfg.teacher.compile if run_cfg.teacher else False,
                 teacher_channels_last=run_cfg.teacher.channels_last if run_cfg.teacher else False,
+                fold_teacher_batchnorm=run_cfg.teacher.fold_batchnorm if run_cfg.teacher else False,
             )
             return method_cls.from_config(student, teacher.to(_device), run_cfg.method.params, context)
 

@@ -52,6 +52,7 @@ IGNORED_KEYS = (
     ("train", "deterministic"),
     ("train", "reuse_host_memory"),
     ("teacher", "channels_last"),
+    ("teacher", "fold_batchnorm"),
 )
 _SEED_SUFFIX = re.compile(r"[-_.]?(?:seed|s)[-_]?\d+$", re.IGNORECASE)
 

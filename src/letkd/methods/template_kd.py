@@ -196,6 +196,7 @@ class TeacherTargets(nn.Module):
         device = next(iter(sup.buffers())).device
         return buffer if buffer is not None and buffer.shape[0] == rows and buffer.device == device else None
 
+
 def student_shapes(
     student: nn.Module, layers: Sequence[AnyLayer], input_size: tuple[int, int, int]
 ) -> tuple[list[str], list[tuple[int, ...]]]:
