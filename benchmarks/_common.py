@@ -26,6 +26,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return items or list(default)
 
 
+def trainer_memory_setting() -> str:
+    """Apply the trainer's default host-memory setting (``train.reuse_host_memory``) unless
+    ``LETKD_BENCH_SYSTEM_MALLOC=1``; return a short description for the benchmark's header."""
+    from letkd.engine.host_memory import reuse_freed_host_memory
+
+    if env_int("LETKD_BENCH_SYSTEM_MALLOC", 0):
+        return "system malloc settings"
+    return "freed host memory reused" if reuse_freed_host_memory() else "system malloc (no glibc)"
+
+
 @dataclass(frozen=True)
 class Timing:
     """Median wall-clock and process-CPU seconds of one timed call (CPU time sums all threads)."""

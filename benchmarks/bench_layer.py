@@ -2,6 +2,7 @@
 
 Also times the KD layer alone (with its KL loss) against a straightforward implementation that normalises
 every cosine-conv input explicitly, and ``template_kl`` against the same loss through plain autograd.
+Host memory as the trainer sets it by default (``LETKD_BENCH_SYSTEM_MALLOC=1``: glibc defaults).
 Run: ``python -m benchmarks.run_all layer``.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from benchmarks._common import trainer_memory_setting
 from letkd.graft import graft, graft_scores
 from letkd.layers import KDLayer
 from letkd.losses import template_kl
@@ -53,10 +55,13 @@ def autograd_kl(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     """Print forward+backward times and their ratios."""
+    memory = trainer_memory_setting()
     torch.manual_seed(0)
     x = torch.randn(BATCH, 3, 32, 32)
     y = torch.randint(0, 100, (BATCH,))
-    targets = torch.softmax(torch.randn(BATCH, K, 8, 8) * 5, dim=1)
+    # channels-last, as the KD layer's scores and the codebook's targets are
+    channels_last = torch.channels_last
+    targets = torch.softmax(torch.randn(BATCH, K, 8, 8) * 5, dim=1).contiguous(memory_format=channels_last)
 
     plain = create_model("resnet20", num_classes=100).train()
     grafted = create_model("resnet20", num_classes=100).train()
@@ -74,7 +79,7 @@ def main() -> None:
 
     t_plain = median_time(plain_step)
     t_grafted = median_time(grafted_step)
-    print(f"threads: {torch.get_num_threads()}, batch {BATCH}, 32x32, K={K} at layer3 (64x8x8)")
+    print(f"threads: {torch.get_num_threads()}, batch {BATCH}, 32x32, K={K} at layer3 (64x8x8), {memory}")
     print(f"resnet20 plain          fwd+bwd: {t_plain * 1e3:8.1f} ms")
     print(f"resnet20 + KD layer+KL  fwd+bwd: {t_grafted * 1e3:8.1f} ms   ratio {t_grafted / t_plain:.2f}x")
 
@@ -95,7 +100,7 @@ def main() -> None:
     print(f"KD layer alone (+KL)    fwd+bwd: {t_layer * 1e3:8.1f} ms   ({t_layer / t_plain:.2f}x plain)")
     print(f"naive KD layer (+KL)    fwd+bwd: {t_naive * 1e3:8.1f} ms   naive/ours {t_naive / t_layer:.2f}x")
 
-    scores = torch.randn(BATCH, K, 8, 8, requires_grad=True)
+    scores = torch.randn(BATCH, K, 8, 8).contiguous(memory_format=channels_last).requires_grad_(True)
 
     def loss_step(fn) -> Callable[[], None]:
         def step() -> None:

@@ -29,10 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks._common import env_int, env_list, format_table, interleaved_median
+from benchmarks._common import env_int, env_list, format_table, interleaved_median, trainer_memory_setting
 from letkd.config import TrainConfig
 from letkd.engine import build_optimizer
-from letkd.engine.host_memory import reuse_freed_host_memory
 from letkd.methods import Distiller, MethodContext, get_method
 from letkd.models import create_model
 from letkd.supervision.codebook import Codebook
@@ -173,7 +172,7 @@ def main() -> None:
     unknown = [label for label in wanted if label not in specs]
     if unknown:
         raise ValueError(f"unknown method label(s) {unknown}; known: {', '.join(specs)}")
-    reused = not env_int("LETKD_BENCH_SYSTEM_MALLOC", 0) and reuse_freed_host_memory()
+    memory = trainer_memory_setting()
     distillers = {
         label: build_distiller(method, params, sup, teacher, label in COMPILED_TEACHER)
         for label, (method, params, sup) in specs.items()
@@ -186,7 +185,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {BATCH} × 3×32×32, "
         f"{TEACHER} → {STUDENT}, {NUM_CLASSES} classes, median of {steps} interleaved steps"
         + (", channels-last" if channels_last else "")
-        + (", freed host memory reused" if reused else ", system malloc settings")
+        + f", {memory}"
     )
     timings = interleaved_median(calls, repeats=steps)
     base = timings["vanilla"]
