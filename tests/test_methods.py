@@ -494,6 +494,18 @@ def test_letkd_targets_reuse_a_buffer_and_an_overwritten_graph_fails_loudly():
         sum(losses.values()).backward()
 
 
+def _pair_with_batchnorm_statistics() -> tuple[nn.Module, nn.Module]:
+    """A seeded student/teacher pair whose teacher has non-trivial BatchNorm statistics (so that folding,
+    by ``teacher.compile`` or ``teacher.fold_batchnorm``, matters)."""
+    torch.manual_seed(0)
+    student, teacher = _pair()
+    for m in teacher.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return student, teacher
+
+
 @pytest.mark.parametrize(
     "name,params,supervision",
     [
@@ -507,12 +519,7 @@ def test_compiled_teacher_gives_the_same_losses(name, params, supervision):
     sup = [_subclass(), _codebook()] if supervision == "letkd2" else None
     losses = []
     for compile_teacher in (False, True):
-        torch.manual_seed(0)
-        student, teacher = _pair()
-        for m in teacher.modules():  # non-trivial BatchNorm statistics, so that folding them matters
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
+        student, teacher = _pair_with_batchnorm_statistics()
         context = MethodContext(NC, SIZE, epochs=2, supervision=sup, compile_teacher=compile_teacher)
         d = get_method(name).from_config(student, teacher, params, context).train()
         images, labels = _batch()
@@ -559,12 +566,7 @@ def test_channels_last_and_folded_teacher_gives_the_same_losses(name, params, su
     sup = [_subclass(), _codebook()] if supervision == "letkd2" else None
     losses, layouts, batchnorms = [], [], []
     for optimized in (False, True):
-        torch.manual_seed(0)
-        student, teacher = _pair()
-        for m in teacher.modules():  # non-trivial BatchNorm statistics, so that folding them matters
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
+        student, teacher = _pair_with_batchnorm_statistics()
         fast = {"teacher_channels_last": optimized, "fold_teacher_batchnorm": optimized}
         context = MethodContext(NC, SIZE, epochs=2, supervision=sup, **fast)
         d = get_method(name).from_config(student, teacher, params, context).train()
