@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 
 from letkd.fold import fold_batchnorm, foldable_pairs
 from letkd.models import create_model
@@ -103,3 +103,20 @@ def test_zoo_models_keep_their_outputs(name):
     expected = model(x)
     assert fold_batchnorm(model)
     torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """A subclass that computes more than the affine map (as timm's BatchNormAct2d does)."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def test_batchnorm_subclasses_are_not_folded(monkeypatch):
+    model = _SharedConvOutput().eval()
+    model.bn2 = _BatchNormAct(4).eval()
+    leaf = fx.Tracer.is_leaf_module  # trace the subclass as one module call, like torch.nn's own
+    monkeypatch.setattr(
+        fx.Tracer, "is_leaf_module", lambda self, m, name: isinstance(m, _BatchNormAct) or leaf(self, m, name)
+    )
+    assert foldable_pairs(model) == []

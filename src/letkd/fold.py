@@ -29,7 +29,8 @@ def foldable_pairs(model: nn.Module, keep: Sequence[str] = ()) -> list[tuple[str
     pairs = []
     for node in graph.nodes:
         bn = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_mean is None:
+        # exact types: subclasses (e.g. timm's BatchNormAct2d, which adds an activation) compute more
+        if type(bn) is not nn.BatchNorm2d or bn.training or bn.running_mean is None:
             continue
         source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
         if not isinstance(source, fx.Node) or source.op != "call_module":
