@@ -60,14 +60,9 @@ def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> list[str]:
         conv, bn = model.get_submodule(conv_path), model.get_submodule(bn_path)
         fused = fuse_conv_bn_eval(conv, bn)
         trainable = conv.weight.requires_grad
-        conv.weight = nn.Parameter(fused.weight.to(memory_format=_format_of(conv.weight)), trainable)
+        conv.weight = nn.Parameter(fused.weight, trainable)  # fusing keeps the weight's memory format
         conv.bias = nn.Parameter(fused.bias, trainable)
         parent, _, name = bn_path.rpartition(".")
         setattr(model.get_submodule(parent), name, nn.Identity())
         folded.append(bn_path)
     return folded
-
-
-def _format_of(weight: torch.Tensor) -> torch.memory_format:
-    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format

@@ -184,10 +184,11 @@ class Distiller(nn.Module):
     def fold_teacher_batchnorm(self) -> list[str]:
         """Fold the frozen teacher's BatchNorm layers into its convolutions, in place; return their paths.
 
-        Pairs where a tap the method reads (``self.teacher_paths``) sits at or around either module are left
-        alone, so every tapped output keeps its value; a method that reads features but does not name its
-        taps folds nothing. The teacher computes the same function (up to float rounding) with one pass
-        less per BatchNorm; the folded BatchNorm entries leave the teacher's state_dict.
+        Pairs where a tap the method reads (``self.teacher_paths``) is the convolution or the BatchNorm itself
+        are left alone (taps at enclosing blocks see the same outputs), so every tapped output keeps its
+        value; a method that reads features but does not name its taps folds nothing. The teacher computes
+        the same function (up to float rounding) with one pass less per BatchNorm; the folded BatchNorm
+        entries leave the teacher's state_dict.
         """
         if self.teacher is None:
             return []
