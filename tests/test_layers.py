@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from letkd.cost import kd_layer_cost, model_cost
 from letkd.layers import CosineConv2d, KDLayer, TemplateHead
-from letkd.losses import target_confidence, template_accuracy, template_kl
+from letkd.template_loss import target_confidence, template_accuracy, template_kl
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 

@@ -183,10 +183,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def format_validation_error(exc: ValidationError, heading: str, prefix: str = "") -> str:
+    """A pydantic error as ``heading:`` and one line per problem, keys shown as ``<prefix><dotted key>``."""
+    lines = [f"{heading}:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = prefix + ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{loc}'")
         else:
@@ -199,7 +200,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, f"invalid config {source}")) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd train``; returns the exit status (1 for a config/checkpoint error or divergence)."""
     from letkd.config import ConfigError, load_config
-    from letkd.engine import CheckpointError, NonFiniteLossError, train_from_config
+    from letkd.engine import CheckpointError, NonFiniteLossError
+    from letkd.pipeline import train_from_config
 
     try:
         cfg = load_config(args.config, args.overrides)
