@@ -129,8 +129,10 @@ def build_run_artifact(
     num_classes: int,
     device: torch.device | str | None,
     progress: bool,
+    fit: bool = True,
 ) -> Any:
-    """The supervision artefact of ``spec`` for this run (cached or fitted on the run's training subset)."""
+    """The supervision artefact of ``spec`` for this run (cached or fitted on the run's training subset;
+    with ``fit=False`` cached only, see :func:`letkd.supervision.build_artifact`)."""
     from letkd.supervision import build_artifact
 
     assert cfg.teacher is not None
@@ -148,6 +150,7 @@ def build_run_artifact(
         teacher_seed=cfg.seed,
         train_subset=cfg.data.train_subset,
         subset_seed=cfg.seed,
+        fit=fit,
     )
 
 
