@@ -92,6 +92,7 @@ class Inspection:
 
 
 # ----------------------------------------------------------------------------- what the methods define
+# (the only place that reads letkd.methods: layer params, taps, teacher targets, QuEST's head state)
 def _method_layers(cfg: RunConfig) -> list[Any]:
     """The validated ``method.params.layers`` of the run's method (letkd / quest)."""
     from letkd.methods import get_method
@@ -118,6 +119,13 @@ def _layer_names(cfg: RunConfig) -> list[str]:
     from letkd.methods.template_kd import loss_names
 
     return [n.removeprefix("loss_kd_") for n in loss_names(_method_layers(cfg))]
+
+
+def _student_paths(student: nn.Module, layers: list[Any]) -> list[str]:
+    """Module paths of the layers' student taps (where the KD layers are grafted)."""
+    from letkd.methods.features import resolve_taps
+
+    return resolve_taps(student, [layer.student_tap for layer in layers], "student")
 
 
 def _graft_quest_heads(student: nn.Module, paths: list[str], aux_state: dict[str, torch.Tensor]) -> None:
@@ -183,7 +191,6 @@ def load_run(
     from letkd.commands.evaluate import load_model_for_eval
     from letkd.engine.build import resolve_num_classes
     from letkd.engine.checkpoint import load_checkpoint
-    from letkd.methods.features import resolve_taps
     from letkd.pipeline import build_run_artifact, build_teacher
     from letkd.supervision import specs_from_config
     from letkd.supervision.build import ArtifactNotCachedError
@@ -203,7 +210,7 @@ def load_run(
     ckpt_path = _pick_checkpoint(run_dir, checkpoint)
     student, _ = load_model_for_eval(str(ckpt_path), None, None, cfg.data.name)
     layers = _method_layers(cfg)
-    paths = resolve_taps(student, [layer.student_tap for layer in layers], "student")
+    paths = _student_paths(student, layers)
     if cfg.method.name == "quest":
         _graft_quest_heads(student, paths, load_checkpoint(ckpt_path).get("distiller") or {})
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from letkd.engine.rundir import METRICS
 from letkd.inspection import Inspection, LayerResult, LoadedRun
 from letkd.utils import atomic_write_bytes, atomic_write_text
 
@@ -150,7 +151,7 @@ def render_agreement(layers: Sequence[LayerResult]) -> bytes:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The per-epoch rows of ``run_dir/metrics.jsonl`` (empty if there is none)."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -56,13 +56,21 @@ def run(args: argparse.Namespace) -> int:
     from letkd.engine.distributed import select_device
     from letkd.inspection import InspectError, inspect_run, load_run
     from letkd.inspection_plots import write_inspection
-    from letkd.models import CheckpointError
+    from letkd.models import CheckpointError, UnknownTapError
+    from letkd.supervision import ArtifactMismatchError
 
     out = Path(args.out) if args.out else Path(args.run) / "inspect"
     try:
         loaded = load_run(args.run, select_device(args.device), args.data_root, args.checkpoint)
         result = inspect_run(loaded, args.images, args.stats_images, progress=True)
-    except (InspectError, ConfigError, CheckpointError, DatasetNotFoundError) as exc:
+    except (
+        InspectError,
+        ConfigError,
+        CheckpointError,
+        DatasetNotFoundError,
+        UnknownTapError,
+        ArtifactMismatchError,
+    ) as exc:
         print(f"letkd inspect: {exc}", file=sys.stderr)
         return 2
     written = write_inspection(loaded, result, out)
