@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
+from letkd.build import supervision_specs
 from letkd.cli import main
 from letkd.config import ConfigError, RunConfig, SupervisionConfig
-from letkd.build import supervision_specs
 from letkd.supervision import artifacts as build_mod
 from letkd.supervision.artifacts import build_artifact, kmeans_points_per_centroid, teacher_identity
 from letkd.supervision.codebook import Codebook

@@ -96,9 +96,12 @@ def supervision_artifact(
     num_classes: int,
     device: torch.device | str | None,
     progress: bool,
+    fit: bool = True,
 ) -> Any:
     """The :class:`~letkd.supervision.store.CachedArtifact` of ``spec`` for this run: from the cache, or
-    fitted on the run's training subset. The one mapping from a run config to the artefact it uses."""
+    fitted on the run's training subset (``fit=False``: cached only, else
+    :class:`~letkd.supervision.artifacts.ArtifactNotCachedError`). The one mapping from a run config to
+    the artefact it uses."""
     from letkd.supervision import build_artifact
 
     if cfg.teacher is None:
@@ -119,6 +122,7 @@ def supervision_artifact(
         teacher_seed=cfg.seed,
         train_subset=cfg.data.train_subset,
         subset_seed=cfg.seed,
+        fit=fit,
     )
 
 

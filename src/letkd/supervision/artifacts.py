@@ -31,6 +31,10 @@ EXTRACT_SPLIT = "train"
 EXTRACT_TRANSFORM = "test"
 
 
+class ArtifactNotCachedError(FileNotFoundError):
+    """Raised by :func:`build_artifact` with ``fit=False`` when the artefact is not in the cache."""
+
+
 def teacher_identity(
     teacher_name: str,
     checkpoint: str | os.PathLike | None,
@@ -141,6 +145,7 @@ def build_artifact(
     num_workers: int = 0,
     train_subset: int | None = None,
     subset_seed: int = 0,
+    fit: bool = True,
 ) -> CachedArtifact:
     """The supervision module of ``spec`` with its metadata, file and ``cached`` flag.
 
@@ -152,6 +157,7 @@ def build_artifact(
 
     ``train_subset``/``subset_seed``: fit on the same seeded subset of training images the student trains
     on (``data.train_subset`` and the run's seed); the subset is part of the artefact's identity.
+    ``fit=False``: only look the artefact up; raise :class:`ArtifactNotCachedError` if it is not cached.
     """
     device = resolve_device(device)
     seed = sup_cfg.seed if teacher_seed is None else teacher_seed
@@ -162,6 +168,13 @@ def build_artifact(
     )
     key = artifact_key(spec, teacher_id, teacher_name, module_path, dataset_id, sup_cfg, num_classes)
     cache = ArtifactCache(sup_cfg.cache_dir)
+    if not fit:
+        found = cache.get(spec.kind, key)
+        if found is None:
+            raise ArtifactNotCachedError(
+                f"no cached {spec.kind} artefact for teacher tap {spec.teacher_tap!r} in {sup_cfg.cache_dir}"
+            )
+        return found
     rows_fields = _rows_key(teacher_id, teacher_name, module_path, spec.teacher_pool, dataset_id)
     folder = Path(sup_cfg.cache_dir) / "rows" / cache_key(rows_fields)[:24]
 
