@@ -222,7 +222,9 @@ def load_run(
     supervision = []
     for spec in supervision_specs(cfg):
         try:
-            found = supervision_artifact(cfg, spec, teacher, teacher_ckpt, num_classes, device, False, fit=False)
+            found = supervision_artifact(
+                cfg, spec, teacher, teacher_ckpt, num_classes, device, progress=False, fit=False
+            )
         except ArtifactNotCachedError as exc:
             raise InspectError(f"{exc}: run `letkd fit {run_dir / CONFIG}` first") from None
         supervision.append(found.module.to(device))
