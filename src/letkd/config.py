@@ -77,7 +77,10 @@ class SupervisionConfig(_Strict):
     cache_dir: str = "artifacts"
     kmeans_iters: int = Field(20, ge=1)
     max_rows: int | None = Field(
-        None, ge=1, description="rows K-means trains on (faiss sample, seeded); None = K·256; >= N = all rows"
+        None,
+        ge=1,
+        description="rows K-means trains on: None = a seeded sample of K·256 rows (speed); >= N = all rows "
+        "(the paper's setting, used by the paper configs); smaller = a seeded sample of about that size",
     )
     extract_batch_size: int = Field(256, ge=1)
     seed: int = 0
