@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report import LETKD1, LETKD2, make_run
 
 from letkd.cli import main as cli_main
 from letkd.report import collect_runs, load_paper_results, paper_tables, tables_markdown
+from test_report import LETKD1, LETKD2, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = "cifar100-resnet56_resnet20"
@@ -139,8 +139,10 @@ def test_markdown_shows_ours_paper_and_difference(runs):
 def test_top5_table_uses_the_best_epochs_top5(tmp_path):
     curves = {0: [60.0, 70.0, 69.0], 1: [61.0, 71.0, 70.5]}
     for seed, curve in curves.items():
-        make_run(tmp_path, "imagenet-resnet34_resnet18-kd", seed, curve, method="kd", params={},
-                 teacher="torchvision:resnet34", student="torchvision:resnet18", dataset="imagenet")  # fmt: skip
+        make_run(
+            tmp_path, "imagenet-resnet34_resnet18-kd", seed, curve, method="kd", params={},
+            teacher="torchvision:resnet34", student="torchvision:resnet18", dataset="imagenet",
+        )  # fmt: skip
     tables = {(t.metric, t.epoch): t for t in paper_tables(collect_runs([tmp_path]))}
     top5 = tables[("top5", "best")].cell("KD", "RN34→RN18")  # make_run writes top-5 = top-1 + 20
     assert top5.mean == pytest.approx(np.mean([max(c) + 20 for c in curves.values()]))
