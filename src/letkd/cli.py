@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "report": "report",
     "export": "export",
+    "sweep": "sweep",
 }
 
 
