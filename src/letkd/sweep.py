@@ -219,6 +219,13 @@ class ExecuteRun:
             raise RuntimeError(f"{self.run.title}: letkd run exited with status {code} ({result}){where}")
         return state, result
 
+    def checkpoint(self) -> Any:
+        """Called by submitit on a SLURM time-out or preemption: requeue the job, which then resumes from
+        the run's ``last.pt``."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
     def _main(self, argv: list[str]) -> int:
         from letkd.cli import main
 

@@ -143,7 +143,13 @@ def handle(args: argparse.Namespace) -> int:
         cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb, array_parallelism=args.array_parallelism,
         job_name=args.job_name, sbatch=_sbatch(args.sbatch),
     )  # fmt: skip
-    jobs = submit_slurm(grid, out, options, wait=args.wait)
+    try:
+        jobs = submit_slurm(grid, out, options, wait=args.wait)
+    except (RuntimeError, OSError) as exc:  # no sbatch/srun here, or sbatch refused the job
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: cannot submit to SLURM: {first} (run on a SLURM login node, or --executor local)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     if jobs and not args.wait:
         print(f"sweep: submitted {len(jobs)} jobs; watch them with 'squeue -u $USER', then "
               f"'letkd report {out}'")  # fmt: skip
