@@ -216,3 +216,16 @@ def test_slurm_submission_writes_the_sbatch_options(tmp_path, monkeypatch):
         assert f"#SBATCH {option}\n" in first and f"#SBATCH {option}\n" in second
     assert "--array=0-1%2" in second and "--dependency=afterany:700" in second
     assert "--dependency" not in first and (tmp_path / "out" / "submitit").is_dir()
+
+
+def test_command_help_is_complete(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["sweep", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    words = ("--seeds", "--out", "--executor", "--partition", "--time", "--gpus-per-job", "--cpus-per-job",
+             "--mem-gb", "--array-parallelism", "--sbatch", "sweep.json", "letkd report")  # fmt: skip
+    for word in words:
+        assert word in text, word
+    assert cli_main(["sweep", CONFIGS[0], "--seeds", "0"]) == 1
+    assert "--seeds must be at least 1" in capsys.readouterr().err

@@ -304,8 +304,16 @@ def run_local(grid: Sequence[SweepRun], gpus: Sequence[str] | None = None, echo:
         threads = [threading.Thread(target=worker, args=(queue, gpu)) for gpu in slots]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt:  # the runs got the signal too and save last.pt; start no more
+            with lock:
+                queue.clear()
+            echo("interrupted: the runs in progress save their last.pt; run the sweep again to resume")
+            for t in threads:
+                t.join()
+            raise
     return counts
 
 

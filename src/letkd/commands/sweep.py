@@ -117,11 +117,11 @@ def handle(args: argparse.Namespace) -> int:
         print("error: no config given; usage: letkd sweep CONFIG... [--seeds N] [--out DIR]", file=sys.stderr)
         return 1
     args = _intermixed(args)
-    configs = [i for i in args.items if "=" not in i]
-    overrides = [i for i in args.items if "=" in i]
     if args.seeds < 1 and not args.seed_list:
         print("error: --seeds must be at least 1", file=sys.stderr)
         return 1
+    configs = [i for i in args.items if "=" not in i]
+    overrides = [i for i in args.items if "=" in i]
     try:
         grid = build_grid(configs, _seeds(args), args.out, overrides)
         out = prepare_dir(args.out)
