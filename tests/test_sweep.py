@@ -15,7 +15,16 @@ import pytest
 import yaml
 
 from letkd.cli import main as cli_main
-from letkd.sweep import SlurmOptions, SweepRun, build_grid, prepare_dir, run_local, submit_slurm, waves
+from letkd.sweep import (
+    SlurmOptions,
+    SweepRun,
+    build_grid,
+    prepare_dir,
+    run_local,
+    submit_slurm,
+    waves,
+    write_manifest,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["configs/digits/vanilla.yaml", "configs/digits/kd.yaml"]
@@ -229,3 +238,16 @@ def test_command_help_is_complete(capsys):
         assert word in text, word
     assert cli_main(["sweep", CONFIGS[0], "--seeds", "0"]) == 1
     assert "--seeds must be at least 1" in capsys.readouterr().err
+
+
+def test_manifest_lists_the_runs_of_every_call(workdir, tmp_path):
+    write_manifest(tmp_path, build_grid(CONFIGS[:1], [0, 1], tmp_path, TINY), {"executor": "local"})
+    write_manifest(tmp_path, build_grid(CONFIGS, [1, 2], tmp_path, TINY), {"executor": "slurm"})
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert sorted(r["folder"] for r in data["runs"]) == [
+        "digits-kd/seed1", "digits-kd/seed2", "digits-vanilla/seed0", "digits-vanilla/seed1",
+        "digits-vanilla/seed2",
+    ]  # fmt: skip
+    assert data["seeds"] == [0, 1, 2] and data["settings"] == {"executor": "slurm"}
+    run = next(r for r in data["runs"] if r["folder"] == "digits-kd/seed2")
+    assert run["overrides"][-1] == "seed=2" and run["config"].endswith("configs/digits/kd.yaml")

@@ -154,15 +154,23 @@ def prepare_dir(out_dir: str | Path) -> Path:
 
 
 def write_manifest(out_dir: str | Path, grid: Sequence[SweepRun], settings: dict[str, Any]) -> Path:
-    """``sweep.json``: the configs, seeds, overrides, executor settings and every run's folder."""
+    """``sweep.json``: the configs, seeds and every run's folder (merged with the runs an earlier call put
+    in the same folder), and this call's settings."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        earlier = json.loads(path.read_text()).get("runs", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        earlier = []
+    new = [{**asdict(r), "folder": os.path.relpath(r.folder, Path(out_dir).resolve())} for r in grid]
+    runs = list({r["folder"]: r for r in [*earlier, *new] if isinstance(r, dict) and "folder" in r}.values())
     data = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "configs": list(dict.fromkeys(r.config for r in grid)),
-        "seeds": list(dict.fromkeys(r.seed for r in grid)),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "configs": list(dict.fromkeys(r.get("config") for r in runs)),
+        "seeds": sorted({r.get("seed") for r in runs if isinstance(r.get("seed"), int)}),
         "settings": settings,
-        "runs": [{**asdict(r), "folder": os.path.relpath(r.folder, Path(out_dir).resolve())} for r in grid],
+        "runs": runs,
     }
-    return atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(data, indent=2) + "\n")
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def waves(grid: Sequence[SweepRun]) -> list[list[SweepRun]]:
