@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "report": "report",
     "export": "export",
     "inspect": "inspect",
+    "sweep": "sweep",
 }
 
 
