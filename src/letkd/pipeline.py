@@ -9,6 +9,7 @@ section the same path trains a model on its own.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from letkd.config import ConfigError, RunConfig, load_config
 from letkd.engine import distributed as dist_utils
 from letkd.engine.checkpoint import CheckpointError
 from letkd.engine.loaders import build_test_loader, build_train_loader
-from letkd.engine.rundir import LAST, SUMMARY, default_run_dir, latest_run_dir
+from letkd.engine.rundir import LAST, SUMMARY, claim_run_dir, default_run_dir, latest_run_dir
 from letkd.engine.trainer import Trainer, evaluate
 from letkd.utils import atomic_write_text, seed_everything, sha256_file
 
@@ -78,7 +79,7 @@ def ensure_teacher_checkpoint(cfg: RunConfig, device: torch.device) -> str | Non
         f"teacher: training {tcfg.name} from {tcfg.train_config} into {folder}"
         + (" (resuming)" if resume else "")
     )
-    result = _run(teacher_cfg, folder, resume, device)
+    result = _run(teacher_cfg, folder, resume, device, overwrite=not resume)  # our own folder
     if result.get("status") != "completed":
         raise RuntimeError(
             f"teacher training did not complete: {result.get('status')} ({result.get('error')})"
@@ -163,13 +164,28 @@ def teacher_stage(
     return teacher, checkpoint, acc["top1"]
 
 
-def _run(cfg: RunConfig, run_dir: str | Path | None, resume: bool, device: torch.device) -> dict[str, Any]:
-    """One run in an already initialised process (group): build everything, train, summarise."""
+def _run(
+    cfg: RunConfig, run_dir: str | Path | None, resume: bool, device: torch.device, overwrite: bool = False
+) -> dict[str, Any]:
+    """One run in an already initialised process (group): build everything, train, summarise.
+
+    The run folder is claimed (:func:`letkd.engine.rundir.claim_run_dir`) before anything expensive.
+    """
     if resume and run_dir is not None and not (Path(run_dir) / LAST).is_file():
         raise CheckpointError(f"cannot resume: no checkpoint at {Path(run_dir) / LAST}")
     method_cls, params = method_and_params(cfg)  # bad params fail before any expensive stage
     if cfg.teacher is None and method_cls.requires_teacher:
         raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
+    folder = resolve_run_dir(cfg, run_dir, resume)
+    info = dist_utils.current_info()
+    claim = claim_run_dir(folder, resume, overwrite) if info.is_main else contextlib.nullcontext(folder)
+    with claim:
+        return _build_and_train(cfg, folder, resume, device, method_cls, params)
+
+
+def _build_and_train(
+    cfg: RunConfig, folder: Path, resume: bool, device: torch.device, method_cls: Any, params: Any
+) -> dict[str, Any]:
     cfg = cfg.model_copy(deep=True)
     cfg.model.num_classes = num_classes = resolve_num_classes(cfg)
     teacher, supervision, teacher_info = None, None, {}
@@ -192,7 +208,7 @@ def _run(cfg: RunConfig, run_dir: str | Path | None, resume: bool, device: torch
     trainer = Trainer(
         distiller,
         cfg,
-        resolve_run_dir(cfg, run_dir, resume),
+        folder,
         build_train_loader(train_set, cfg, info, device),
         build_test_loader(test_set, cfg, info, device),
         device,
@@ -206,14 +222,19 @@ def _run(cfg: RunConfig, run_dir: str | Path | None, resume: bool, device: torch
 
 
 def run_pipeline(
-    cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False, device: str | None = None
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run ``cfg`` end to end and return the run's summary (also in ``summary.json``).
 
     Under ``torchrun`` the process joins the group (and leaves it at the end if it joined). ``resume``
     continues from ``run_dir/last.pt`` (without ``run_dir``: the newest run of this config) and fails with
-    :class:`CheckpointError` if that is missing or corrupt. Without a ``teacher`` section this is plain
-    training (``letkd train``).
+    :class:`CheckpointError` if that is missing or corrupt. A fresh run refuses a folder that holds a run
+    unless ``overwrite`` (:class:`letkd.engine.rundir.RunFolderError`). Without a ``teacher`` section this
+    is plain training (``letkd train``).
     """
     already = torch.distributed.is_available() and torch.distributed.is_initialized()
     deterministic_before = (
@@ -222,7 +243,7 @@ def run_pipeline(
     )
     _, dev = dist_utils.init_distributed(str(device) if device is not None else cfg.train.device)
     try:
-        return _run(cfg, run_dir, resume, dev)
+        return _run(cfg, run_dir, resume, dev, overwrite)
     finally:
         torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
         if not already:
@@ -230,7 +251,11 @@ def run_pipeline(
 
 
 def train_from_config(
-    cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False, device: str | None = None
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """``letkd train``: :func:`run_pipeline` for a config without a teacher (a model trained on its own)."""
     if cfg.teacher is not None:
@@ -238,4 +263,4 @@ def train_from_config(
             f"method {cfg.method.name!r} with a teacher is run by 'letkd run' (the full pipeline); "
             "'letkd train' trains a model on its own (method: vanilla)"
         )
-    return run_pipeline(cfg, run_dir=run_dir, resume=resume, device=device)
+    return run_pipeline(cfg, run_dir=run_dir, resume=resume, device=device, overwrite=overwrite)

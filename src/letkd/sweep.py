@@ -61,7 +61,7 @@ class SweepRun:
 
     def command(self, resume: bool) -> list[str]:
         """The ``letkd run`` command line of this run."""
-        resume_flag = ["--resume"] if resume else []
+        resume_flag = ["--resume"] if resume else ["--overwrite"]  # not complete, nothing to resume: restart
         return [sys.executable, "-m", "letkd", "run", self.config, *self.overrides, "--out", self.folder,
                 *resume_flag]  # fmt: skip
 

@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from letkd.engine.distributed import select_device
     from letkd.inspection import InspectError, inspect_run, load_run
     from letkd.inspection_plots import write_inspection
-    from letkd.models import CheckpointError, UnknownTapError
+    from letkd.models import CheckpointError
     from letkd.supervision import ArtifactMismatchError
+    from letkd.taps import UnknownTapError
 
     out = Path(args.out) if args.out else Path(args.run) / "inspect"
     try:

@@ -69,7 +69,7 @@ class MethodContext:
 class MethodParams(BaseModel):
     """Base of every method's ``Params`` model: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Distiller(nn.Module):
