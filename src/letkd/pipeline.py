@@ -17,12 +17,14 @@ import torch
 from torch import nn
 
 from letkd.config import ConfigError, RunConfig, load_config
+from letkd.data.download import ensure_dataset
 from letkd.engine import distributed as dist_utils
 from letkd.engine.build import build_datasets, resolve_num_classes, train_from_config
 from letkd.engine.loaders import build_test_loader
 from letkd.engine.rundir import LAST, SUMMARY
 from letkd.engine.trainer import evaluate
 from letkd.methods.base import Distiller, MethodContext, get_method
+from letkd.models import published
 from letkd.utils import atomic_write_text, sha256_file
 
 TEACHER_RUNS = Path("runs") / "teachers"
@@ -46,6 +48,8 @@ def ensure_teacher_checkpoint(cfg: RunConfig, device: str | None) -> str | None:
     ``teacher.train_config``. None when the config asks for an untrained teacher (tests only)."""
     tcfg = cfg.teacher
     assert tcfg is not None
+    if published.is_published_name(tcfg.checkpoint):  # crd:<arch>, fetched into the cache
+        return str(published.resolve_teacher_checkpoint(tcfg.checkpoint, arch=tcfg.name))
     if tcfg.checkpoint:
         if not Path(tcfg.checkpoint).is_file():
             raise ConfigError(
@@ -209,6 +213,8 @@ def run_pipeline(
     _, dev = dist_utils.init_distributed(device or cfg.train.device)
     try:
         num_classes = resolve_num_classes(cfg)
+        if cfg.data.download:
+            ensure_dataset(cfg.data.name, cfg.data.root)
         checkpoint = ensure_teacher_checkpoint(cfg, device)
         teacher = build_teacher(cfg, num_classes, checkpoint)
         teacher_top1 = None
@@ -216,6 +222,7 @@ def run_pipeline(
             acc = teacher_accuracy(cfg, teacher, dev, checkpoint)
             teacher_top1 = acc["top1"]
             _log(f"teacher {cfg.teacher.name}: test top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%")
+            published.check_published_accuracy(cfg.teacher.checkpoint, acc["top1"], acc.get("count"))
             if checkpoint is not None and acc["top1"] < CHANCE_FACTOR * 100.0 / num_classes:
                 _log(
                     f"WARNING: the teacher is close to chance ({100.0 / num_classes:.1f}%): "
