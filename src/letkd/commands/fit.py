@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         print("the config has no teacher section; supervision is fitted on a teacher", file=sys.stderr)
         return 2
     from letkd.data import DatasetNotFoundError
+    from letkd.data.download import DownloadError
     from letkd.models import CheckpointError, UnknownTapError
     from letkd.pipeline import build_run_artifact, ensure_teacher_checkpoint
     from letkd.supervision.store import ArtifactMismatchError
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         ConfigError,
         CheckpointError,
         DatasetNotFoundError,
+        DownloadError,
         UnknownTapError,
         ArtifactMismatchError,
     ) as exc:
