@@ -36,6 +36,9 @@ class DataConfig(_Strict):
     test_subset: int | None = Field(None, ge=1, description="use the first N test images")
     augment: bool = True
     drop_last: bool = True
+    download: bool = Field(
+        False, description="fetch CIFAR-10/100 or Tiny-ImageNet when missing (docs/data.md); ImageNet never"
+    )
 
 
 class ModelConfig(_Strict):

@@ -11,10 +11,13 @@ EPILOG = """\
 examples:
   letkd eval --checkpoint runs/digits-resnet8/20240101-120000/best.pt --data digits
   letkd eval --model resnet56 --checkpoint saved_models/resnet56_vanilla/ckpt_epoch_240.pth --data cifar100
+  letkd eval --checkpoint crd:resnet56 --data cifar100 --download
 
 Checkpoints written by 'letkd train' carry the model name, the number of classes and the KD layers
 grafted into the student, so --model and --num-classes are optional for them; grafts are re-applied
 before the (strict) weight loading. Other files (RepDistiller/CRD, plain state_dicts) need --model.
+A published teacher (crd:resnet56, crd:wrn_40_2, ...: docs/models.md) is fetched into the cache; on the
+whole CIFAR-100 test set its top-1 must be within 0.2 points of the published figure (exit status 1 if not).
 """
 
 
@@ -28,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", metavar="NAME", help="zoo model name (default: the checkpoint's own)")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="weights file (.pt/.pth/.safetensors)")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="weights file (.pt/.pth/.safetensors), crd:<arch>"
+    )
     p.add_argument("--data", required=True, metavar="NAME", help="dataset name, e.g. cifar100, digits")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--root", metavar="DIR", help="dataset folder (default: search $LETKD_DATA, ./data)")
@@ -39,6 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--workers", type=int, metavar="N", help="DataLoader workers (default: from the CPU count)"
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--download", action="store_true", help="fetch the dataset if it is missing")
     p.set_defaults(func=run)
     return p
 
@@ -83,15 +89,23 @@ def run(args: argparse.Namespace) -> int:
 
     from letkd.config import ConfigError
     from letkd.data import create_dataset
+    from letkd.data.download import DownloadError
     from letkd.engine.distributed import select_device
     from letkd.engine.loaders import auto_num_workers
     from letkd.engine.trainer import evaluate
-    from letkd.models import CheckpointError
+    from letkd.models import CheckpointError, published
 
+    spec = args.checkpoint
     try:
-        model, name = load_model_for_eval(args.checkpoint, args.model, args.num_classes, args.data)
-        dataset = create_dataset(args.data, args.split, root=args.root, transform="test")
-    except (ConfigError, CheckpointError, FileNotFoundError, KeyError, ValueError) as exc:
+        checkpoint, model_name = spec, args.model
+        if published.is_published_name(spec):
+            checkpoint = str(published.resolve_teacher_checkpoint(spec, arch=args.model))
+            model_name = published.published_teacher(spec).arch
+        model, name = load_model_for_eval(checkpoint, model_name, args.num_classes, args.data)
+        dataset = create_dataset(
+            args.data, args.split, root=args.root, transform="test", download=args.download
+        )
+    except (ConfigError, CheckpointError, DownloadError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     device = select_device(args.device)
@@ -111,6 +125,13 @@ def run(args: argparse.Namespace) -> int:
         "top5": result["top5"],
         "loss": result["loss"],
     }
+    if published.is_published_name(spec) and args.data == "cifar100" and args.split == "test":
+        try:
+            if published.check_published_accuracy(spec, result["top1"], result["count"]):
+                out["matches_published"] = True
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            out["matches_published"] = False
     if args.json:
         print(json.dumps(out))
     else:
@@ -118,4 +139,4 @@ def run(args: argparse.Namespace) -> int:
             f"{name} on {args.data}/{args.split} ({result['count']} images): "
             f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
         )
-    return 0
+    return 1 if out.get("matches_published") is False else 0
