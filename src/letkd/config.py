@@ -183,10 +183,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def format_validation_error(exc: ValidationError, where: str, prefix: str = "") -> str:
+    """A pydantic error as ``"<where>:"`` and one line per problem, each key written ``<prefix><loc>``.
+
+    ``format_validation_error(exc, "invalid config run.yaml")`` →
+    ``"invalid config run.yaml:\n  unknown key 'train.nope'\n  train.lr: Input should be ..."``.
+    """
+    lines = [f"{where}:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = prefix + ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{loc}'")
         else:
@@ -199,7 +204,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, f"invalid config {source}")) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
