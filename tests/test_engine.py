@@ -32,8 +32,8 @@ from letkd.engine import (
     topk_correct,
     train_from_config,
 )
-from letkd.engine.checkpoint import capture_rng_state, restore_rng_state
 from letkd.engine.distributed import DistInfo
+from letkd.engine.state import capture_rng_state, restore_rng_state
 from letkd.methods.vanilla import Vanilla
 
 # ----------------------------------------------------------------------------------------- schedules

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from letkd.checkpoints import save_checkpoint
 from letkd.cli import main
 from letkd.graft import graft, graft_spec
 from letkd.layers import KDLayer
 from letkd.models import create_model
-from letkd.utils import atomic_torch_save
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def grafted_checkpoint(tmp_path_factory):
     model.eval()
     path = tmp_path_factory.mktemp("export") / "student.pt"
     meta = {"model_name": "resnet8", "num_classes": 7, "input_size": [3, 32, 32], "grafts": graft_spec(model)}
-    atomic_torch_save({"model": model.state_dict(), "epoch": 3, "metrics": {"top1": 0.1}, "meta": meta}, path)
+    save_checkpoint({"model": model.state_dict(), "epoch": 3, "metrics": {"top1": 0.1}, "meta": meta}, path)
     return path, model
 
 
@@ -48,7 +48,7 @@ def test_export_pt2_and_onnx_match_the_grafted_model(grafted_checkpoint, tmp_pat
 def test_export_of_bare_state_dict_needs_the_model_name(tmp_path):
     model = create_model("resnet8", num_classes=5).eval()
     path = tmp_path / "plain.pt"
-    atomic_torch_save(model.state_dict(), path)
+    save_checkpoint(model.state_dict(), path)
     with pytest.raises(ValueError, match="--model"):
         main(["export", str(path), "--out", str(tmp_path / "a.pt2")])
     out = tmp_path / "b.pt2"
@@ -61,6 +61,6 @@ def test_export_of_bare_state_dict_needs_the_model_name(tmp_path):
 def test_export_refuses_kd_weights_without_graft_metadata(grafted_checkpoint, tmp_path):
     path, model = grafted_checkpoint
     bare = tmp_path / "bare.pt"
-    atomic_torch_save({"model": model.state_dict()}, bare)
+    save_checkpoint({"model": model.state_dict()}, bare)
     with pytest.raises(ValueError, match="graft metadata"):
         main(["export", str(bare), "--out", str(tmp_path / "c.pt2"), "--model", "resnet8", "--num-classes=7"])

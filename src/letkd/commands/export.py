@@ -115,7 +115,8 @@ def write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``letkd export``."""
-    from letkd.models.checkpoint import extract_state_dict, read_checkpoint
+    from letkd.checkpoints import read_checkpoint
+    from letkd.models.weights import extract_state_dict
 
     state_dict, info = extract_state_dict(read_checkpoint(args.checkpoint))
     meta = info.get("meta") if isinstance(info.get("meta"), Mapping) else {}

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from letkd.checkpoints import CheckpointError
 from letkd.config import ConfigError, RunConfig
 from letkd.engine import distributed as dist_utils
-from letkd.engine.checkpoint import CheckpointError
 from letkd.engine.loaders import build_test_loader, build_train_loader
 from letkd.engine.rundir import LAST, default_run_dir, latest_run_dir
 from letkd.engine.trainer import Trainer

@@ -1,6 +1,7 @@
 """Model zoo (RepDistiller CIFAR names, ``torchvision:<name>``, ``timm:<name>``), tap points, checkpoints."""
 
 # Importing the architecture modules registers the zoo.
+from letkd.checkpoints import CheckpointError, read_checkpoint
 from letkd.models import (  # noqa: F401
     mobilenet_imagenet,
     mobilenetv2,
@@ -11,7 +12,6 @@ from letkd.models import (  # noqa: F401
     vgg,
     wrn,
 )
-from letkd.models.checkpoint import CheckpointError, load_weights, read_checkpoint, save_weights
 from letkd.models.registry import UnknownModelError, create_model, list_models, register_model
 from letkd.models.taps import (
     TapInferenceError,
@@ -21,6 +21,7 @@ from letkd.models.taps import (
     get_taps,
     resolve_tap,
 )
+from letkd.models.weights import load_weights, save_weights
 
 __all__ = [
     "CheckpointError",
