@@ -358,11 +358,11 @@ def test_train_from_config_on_digits(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_images"] for r in rows] == [128, 128]  # 4 steps of 32
     # the saved weights evaluate to the accuracy the run reported
-    from letkd.commands.evaluate import load_model_for_eval
     from letkd.data import create_dataset, subset
+    from letkd.deploy import load_student
 
-    model, name = load_model_for_eval(str(run / "last.pt"), None, None, "digits")
-    assert name == "resnet8"
+    model, meta = load_student(run / "last.pt", dataset="digits")
+    assert meta["model_name"] == "resnet8" and meta["num_classes"] == 10
     test = subset(create_dataset("digits", "test", transform="test"), 120, None)
     loader = torch.utils.data.DataLoader(test, batch_size=100)
     result = evaluate(model.eval(), loader, torch.device("cpu"))

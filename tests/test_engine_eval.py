@@ -61,7 +61,8 @@ def test_eval_repdistiller_checkpoint(tmp_path, capsys):
 
 
 def test_eval_reapplies_grafts_recorded_in_checkpoint(tmp_path, capsys):
-    from letkd.graft import graft, graft_spec
+    from letkd.deploy import graft_spec
+    from letkd.graft import graft
     from letkd.layers import KDLayer
 
     model = perturbed_resnet8()

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from letkd.checkpoints import CheckpointError, save_checkpoint
 from letkd.config import RunConfig
+from letkd.deploy import graft_spec
 from letkd.engine import distributed as dist_utils
 from letkd.engine.distributed import DistInfo
 from letkd.engine.evaluation import autocast_context, batch_to_device, evaluate
@@ -33,7 +34,6 @@ from letkd.engine.metrics import SumMeter
 from letkd.engine.optim import build_optimizer, lr_at_epoch, set_lr
 from letkd.engine.rundir import BEST, LAST, RunLogger, run_summary
 from letkd.engine.state import Progress, capture_state, load_checkpoint, restore_state
-from letkd.graft import graft_spec
 from letkd.methods.base import Distiller
 from letkd.utils import seed_everything, tqdm_disable
 

@@ -61,14 +61,18 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return _strip_wrapper_prefix(dict(state)), meta
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
+def load_weights(
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, content: Any = None
+) -> dict[str, Any]:
     """Load the weights in ``path`` into ``model`` and return the file's metadata (epoch, accuracy, …).
+
+    ``content`` is the file as already read by :func:`~letkd.checkpoints.read_checkpoint` (to read it once).
 
     With ``strict=True`` (default) any missing key, unexpected key or shape conflict raises a
     :class:`CheckpointError` listing all three. With ``strict=False`` the matching entries are loaded and
     the returned dict also holds ``missing_keys``, ``unexpected_keys`` and ``shape_mismatches``.
     """
-    state, meta = extract_state_dict(read_checkpoint(path))
+    state, meta = extract_state_dict(read_checkpoint(path) if content is None else content)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
