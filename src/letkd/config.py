@@ -183,13 +183,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def format_validation_error(exc: ValidationError, where: str, prefix: str = "") -> str:
-    """A pydantic error as ``"<where>:"`` and one line per problem, each key written ``<prefix><loc>``.
-
-    ``format_validation_error(exc, "invalid config run.yaml")`` →
-    ``"invalid config run.yaml:\n  unknown key 'train.nope'\n  train.lr: Input should be ..."``.
-    """
-    lines = [f"{where}:"]
+def format_validation_error(exc: ValidationError, heading: str, prefix: str = "") -> str:
+    """A pydantic error as ``heading:`` and one line per problem, keys shown as ``<prefix><dotted key>``."""
+    lines = [f"{heading}:"]
     for err in exc.errors():
         loc = prefix + ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
