@@ -30,10 +30,10 @@ from letkd.build import (
     method_and_params,
     resolve_num_classes,
 )
+from letkd.checkpoints import CheckpointError
 from letkd.config import ConfigError, RunConfig, load_config
 from letkd.data.download import ensure_dataset
 from letkd.engine import distributed as dist_utils
-from letkd.engine.checkpoint import CheckpointError
 from letkd.engine.loaders import build_test_loader, build_train_loader
 from letkd.engine.rundir import LAST, SUMMARY, claim_run_dir, default_run_dir, latest_run_dir
 from letkd.engine.trainer import Trainer, evaluate

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 EPILOG = """\
 examples:
@@ -49,51 +48,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def load_model_for_eval(checkpoint: str, model_name: str | None, num_classes: int | None, dataset: str):
-    """Build the model for ``checkpoint`` (re-applying recorded grafts) and load its weights strictly.
-
-    Returns ``(model, model_name)``.
-    """
-    from letkd.config import ConfigError
-    from letkd.models import create_model, load_weights, read_checkpoint
-
-    raw = read_checkpoint(checkpoint)
-    meta: dict[str, Any] = raw.get("meta", {}) if isinstance(raw, dict) and "model" in raw else {}
-    saved_name = meta.get("model_name")
-    if model_name and saved_name and model_name != saved_name:
-        raise ConfigError(f"--model {model_name} but the checkpoint holds a {saved_name}")
-    name = model_name or saved_name
-    if not name:
-        raise ConfigError("--model is required for checkpoints that do not name their model")
-    if num_classes is None:
-        num_classes = meta.get("num_classes")
-    if num_classes is None:
-        from letkd.data import dataset_info
-
-        num_classes = dataset_info(dataset).num_classes
-    kwargs = ((meta.get("config") or {}).get("model") or {}).get("kwargs") or {}
-    model = create_model(name, int(num_classes), **kwargs)
-    grafts = meta.get("grafts") or []
-    if grafts:
-        from letkd.graft import apply_graft_spec
-
-        apply_graft_spec(model, grafts)
-    load_weights(model, checkpoint)
-    return model, name
-
-
 def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd eval``."""
     import torch
     from torch.utils.data import DataLoader
 
+    from letkd.checkpoints import CheckpointError
     from letkd.config import ConfigError
     from letkd.data import create_dataset
     from letkd.data.download import DownloadError
-    from letkd.engine.distributed import select_device
+    from letkd.deploy import load_student
+    from letkd.device import select_device
+    from letkd.engine.evaluation import evaluate
     from letkd.engine.loaders import auto_num_workers
-    from letkd.engine.trainer import evaluate
-    from letkd.models import CheckpointError, published
+    from letkd.models import published
 
     spec = args.checkpoint
     try:
@@ -101,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if published.is_published_name(spec):
             checkpoint = str(published.resolve_teacher_checkpoint(spec, arch=args.model))
             model_name = published.published_teacher(spec).arch
-        model, name = load_model_for_eval(checkpoint, model_name, args.num_classes, args.data)
+        model, meta = load_student(checkpoint, model_name, args.num_classes, args.data)
         dataset = create_dataset(
             args.data, args.split, root=args.root, transform="test", download=args.download
         )
@@ -109,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     device = select_device(args.device)
-    model = model.to(device).eval()
+    model, name = model.to(device), meta["model_name"]
     workers = args.workers if args.workers is not None else auto_num_workers()
     loader = DataLoader(
         dataset, batch_size=args.batch_size, num_workers=workers, pin_memory=device.type == "cuda"
