@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from letkd.build import build_teacher, resolve_num_classes, supervision_artifact
     from letkd.data import DatasetNotFoundError
     from letkd.engine.distributed import select_device
+    from letkd.errors import LetkdError
     from letkd.models import CheckpointError
     from letkd.pipeline import ensure_teacher_checkpoint
-    from letkd.supervision.store import ArtifactMismatchError
     from letkd.taps import UnknownTapError
     from letkd.utils import seed_everything
 
@@ -89,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
         CheckpointError,
         DatasetNotFoundError,
         UnknownTapError,
-        ArtifactMismatchError,
+        LetkdError,
     ) as exc:
-        print(f"letkd fit: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 

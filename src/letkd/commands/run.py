@@ -44,13 +44,14 @@ def handle(args: argparse.Namespace) -> int:
     """Handler of ``letkd run``; returns 1 on a config/checkpoint error or a diverged run."""
     from letkd.config import ConfigError, load_config
     from letkd.engine import CheckpointError, NonFiniteLossError
+    from letkd.errors import LetkdError
     from letkd.models import CheckpointError as WeightsError
     from letkd.pipeline import run_pipeline
 
     try:
         cfg = load_config(args.config, args.overrides)
         summary = run_pipeline(cfg, run_dir=args.out, resume=args.resume, device=args.device)
-    except (ConfigError, CheckpointError, WeightsError, KeyError) as exc:
+    except (ConfigError, CheckpointError, WeightsError, KeyError, LetkdError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except NonFiniteLossError:
