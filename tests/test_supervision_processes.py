@@ -25,7 +25,6 @@ LAYERS = [{"kind": "codebook", "student_tap": "penultimate", "teacher_tap": "pen
            "num_templates": K}]
 
 
-
 def write_config(folder: Path, cache: Path, train_subset: int = 300) -> Path:
     cfg = {
         "seed": 3,
