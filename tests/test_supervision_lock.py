@@ -43,7 +43,7 @@ def test_the_waiting_message_names_the_entry_and_the_holder(tmp_path, capfd):
     held.release()
     thread.join(10)
     err = capfd.readouterr().err
-    assert f"waiting for another process fitting feature rows of 'penultimate' (pid {os.getpid()}" in err
+    assert f"waiting for another process fitting {what} (pid {os.getpid()}); lock file {path}" in err
     assert err.count("\n") == 1
 
 

@@ -93,7 +93,7 @@ def test_a_second_process_waits_then_finds_the_artefact_cached(tmp_path, artefac
     config = write_config(tmp_path, cache)
     held = EntryLock((cache / artefact_name).with_suffix(".lock"), "test").acquire()
     runs = [start_fit(config), start_fit(config)]
-    waiting = f"waiting for another process fitting codebook artefact {artefact_name} (pid {os.getpid()};"
+    waiting = f"waiting for another process fitting codebook artefact {artefact_name} (pid {os.getpid()});"
     try:
         wait_for(lambda: all(any(waiting in line for line in err) for _, _, err in runs))
     finally:

@@ -30,7 +30,8 @@ class EntryLock:
     """``with EntryLock(path, what):`` holds the exclusive lock ``path`` on a cache entry.
 
     A second process (or a second lock object in this one) blocks until the holder releases it, after
-    printing one line ``waiting for another process fitting <what> (pid N)`` on stderr.
+    printing one line ``waiting for another process fitting <what> (pid N); lock file <path>`` on
+    stderr.
     :attr:`acquired_at` is the time (``time.time()``) the lock was acquired: any temporary file of the
     entry older than that belongs to an earlier holder, which has finished or died.
     """
@@ -53,8 +54,8 @@ class EntryLock:
                 except BlockingIOError:
                     if not told:
                         print(
-                            f"waiting for another process fitting {self.what} (pid {_holder_pid(fd)}; "
-                            f"lock {self.path})",
+                            f"waiting for another process fitting {self.what} (pid {_holder_pid(fd)}); "
+                            f"lock file {self.path}",
                             file=sys.stderr,
                             flush=True,
                         )
