@@ -193,7 +193,7 @@ def build_artifact(
         return extract_rows(
             teacher,
             dataset,
-            module_path,
+            spec.teacher_tap,  # resolves to module_path; errors name the tap as the config does
             folder,
             pool2x2=spec.teacher_pool,
             batch_size=sup_cfg.extract_batch_size,
