@@ -129,3 +129,42 @@ def test_failed_extraction_leaves_no_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError):
         RowFile.open(tmp_path / "rows")
+
+
+def test_a_teacher_with_non_finite_features_stops_extraction(tmp_path):
+    from letkd.supervision.errors import NonFiniteFeaturesError
+
+    model = TinyNet()
+    with torch.no_grad():
+        model.body[2].bias[3] = float("nan")  # a broken checkpoint
+    with pytest.raises(NonFiniteFeaturesError, match=r"non-finite features .* at tap 'body' \(images 0-3\)"):
+        extract_rows(model, RandomImages(8), "body", tmp_path / "rows", batch_size=4, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_checked_refuses_damaged_folders_and_check_finite_names_the_tap(tmp_path):
+    from letkd.supervision.errors import CorruptRowsError, NonFiniteFeaturesError
+    from letkd.supervision.extract import check_finite, open_checked
+
+    assert open_checked(tmp_path / "rows") is None
+    done = extract_rows(TinyNet(), RandomImages(4), "body", tmp_path / "rows", progress=False)
+    assert open_checked(done.path).num_rows == done.num_rows == 64
+    check_finite(done, "penultimate")
+    labels = done.path / "labels.i64"
+    labels.write_bytes(labels.read_bytes() + b"\0")
+    with pytest.raises(CorruptRowsError, match="labels.i64 is too long"):
+        open_checked(done.path)
+    labels.write_bytes(labels.read_bytes()[:-9])
+    with pytest.raises(CorruptRowsError, match=r"labels.i64 is truncated \(504 bytes, meta.json says 64"):
+        open_checked(done.path)
+    (done.path / "meta.json").unlink()
+    with pytest.raises(CorruptRowsError, match="meta.json missing"):
+        open_checked(done.path)
+
+    again = extract_rows(TinyNet(), RandomImages(4), "body", tmp_path / "rows2", progress=False)
+    rows = np.memmap(again.path / "rows.f32", dtype=np.float32, mode="r+")
+    rows[[3, 70]] = [np.inf, np.nan]
+    rows.flush()
+    del rows
+    with pytest.raises(NonFiniteFeaturesError, match=r"at tap 'penultimate' \(2 of 64 rows in "):
+        check_finite(RowFile.open(again.path), "penultimate")

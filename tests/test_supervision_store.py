@@ -10,6 +10,7 @@ from letkd.supervision.codebook import Codebook
 from letkd.supervision.store import (
     ArtifactCache,
     ArtifactMismatchError,
+    CorruptArtifactError,
     cache_key,
     load_artifact,
     read_metadata,
@@ -58,14 +59,15 @@ def test_mismatch_lists_every_differing_field(tmp_path):
     assert "teacher: stored 'abc123', expected 'other'" in text
     assert "pool2x2: stored False, expected True" in text
     assert "seed: not stored" in text
-    assert "tap" not in text.split("\n", 1)[1]
+    assert "tap:" not in text  # the matching field is not listed
+    assert "\n" not in text and "move it out of the cache" in text  # one line, saying what to do
 
 
 def test_rejects_foreign_files(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="not a letkd supervision artefact"):
+    with pytest.raises(CorruptArtifactError, match="not a letkd supervision artefact"):
         read_metadata(tmp_path / "other.safetensors")
     with pytest.raises(TypeError):
         save_artifact(torch.nn.Linear(2, 2), tmp_path / "x.safetensors", {})
@@ -94,3 +96,45 @@ def test_get_or_fit_fits_once(tmp_path):
     assert second.meta["num_rows"] == 10 and "versions" in second.meta and "fit_seconds" in second.meta
     third = cache.get_or_fit("codebook", {**META, "num_templates": 6}, fit)
     assert len(calls) == 2 and third.path != first.path
+
+
+def test_checksum_is_stored_and_verified(tmp_path):
+    path = save_artifact(Codebook(torch.randn(5, 3)), tmp_path / "cb.safetensors", META)
+    assert len(read_metadata(path)["data_sha256"]) == 64
+    data = bytearray(path.read_bytes())
+    data[-4:] = b"\x00\x00\xc0\x7f"  # the last float of the data becomes NaN; the header is intact
+    path.write_bytes(bytes(data))
+    assert read_metadata(path)["tap"] == "layer3"
+    with pytest.raises(CorruptArtifactError, match="fails its data checksum"):
+        load_artifact(path)
+
+
+def test_artefact_without_checksum_still_loads(tmp_path):
+    """Files written before the checksum existed load unchecked (backward compatible)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    centers = torch.randn(4, 3)
+    header = {**META, "kind": "codebook", "format_version": 1}
+    save_file(
+        {"centers": centers, "cluster_sizes": torch.zeros(4, dtype=torch.int64)},
+        str(tmp_path / "old.safetensors"),
+        metadata={"letkd": json.dumps(header)},
+    )
+    module, meta = load_artifact(tmp_path / "old.safetensors", expect={"tap": "layer3"})
+    assert "data_sha256" not in meta
+    torch.testing.assert_close(module.centers, centers)
+
+
+def test_cache_moves_a_damaged_entry_aside_and_refits(tmp_path, capsys):
+    cache = ArtifactCache(tmp_path)
+    first = cache.get_or_fit("codebook", META, lambda: Codebook(torch.randn(5, 3)))
+    first.path.write_bytes(first.path.read_bytes()[:-10])
+    refit = cache.get_or_fit("codebook", META, lambda: Codebook(torch.ones(5, 3)))
+    assert not refit.cached and torch.equal(refit.module.centers, torch.ones(5, 3))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: damaged cached artefact")
+    moved = list(tmp_path.glob("codebook-*.safetensors.corrupt-*"))
+    assert len(moved) == 1 and str(moved[0]) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.path.name, moved[0].name])

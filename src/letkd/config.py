@@ -12,8 +12,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from letkd.errors import LetkdError
 
-class ConfigError(ValueError):
+
+class ConfigError(LetkdError, ValueError):
     """A config file or override is invalid; the message says where and why."""
 
 

@@ -99,6 +99,8 @@ def teacher_accuracy(
     With a checkpoint, the result is cached under ``supervision.cache_dir`` keyed by the checkpoint's
     content and the test set, so runs that share a teacher evaluate it once.
     """
+    from letkd.supervision.repair import read_cached_record
+
     cache_file = None
     if checkpoint is not None:
         key = {
@@ -110,8 +112,9 @@ def teacher_accuracy(
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
         cache_file = Path(cfg.supervision.cache_dir) / "teacher_accuracy" / f"{digest}.json"
-        if cache_file.is_file():
-            return json.loads(cache_file.read_text())
+        cached = read_cached_record(cache_file, ("top1", "top5"))  # a damaged file: warned, moved aside
+        if cached is not None:
+            return cached
     _, test_set = build_datasets(cfg)
     loader = build_test_loader(test_set, cfg, dist_utils.current_info(), device)
     teacher.to(device)

@@ -68,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from letkd.data import DatasetNotFoundError
     from letkd.data.download import DownloadError
     from letkd.engine.distributed import select_device
+    from letkd.errors import LetkdError
     from letkd.models import CheckpointError
     from letkd.pipeline import ensure_teacher_checkpoint
-    from letkd.supervision.store import ArtifactMismatchError
     from letkd.taps import UnknownTapError
     from letkd.utils import seed_everything
 
@@ -91,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
         DatasetNotFoundError,
         DownloadError,
         UnknownTapError,
-        ArtifactMismatchError,
+        LetkdError,
     ) as exc:
-        print(f"letkd fit: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -52,6 +52,7 @@ def handle(args: argparse.Namespace) -> int:
     from letkd.data import DatasetNotFoundError
     from letkd.data.download import DownloadError
     from letkd.engine import CheckpointError, NonFiniteLossError
+    from letkd.errors import LetkdError
     from letkd.models import CheckpointError as WeightsError
     from letkd.pipeline import run_pipeline
 
@@ -61,7 +62,9 @@ def handle(args: argparse.Namespace) -> int:
         summary = run_pipeline(
             cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
         )
-    except (ConfigError, CheckpointError, WeightsError, KeyError, DatasetNotFoundError, DownloadError) as exc:
+    except (
+        ConfigError, CheckpointError, WeightsError, KeyError, DatasetNotFoundError, DownloadError, LetkdError
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except NonFiniteLossError:

@@ -7,6 +7,12 @@ Typical use: ``build_artifact(spec, teacher, ...).module`` is a frozen module (c
 
 from letkd.supervision.artifacts import build_artifact, teacher_identity
 from letkd.supervision.codebook import Codebook, fit_codebook
+from letkd.supervision.errors import (
+    CorruptArtifactError,
+    CorruptRowsError,
+    NonFiniteFeaturesError,
+    NotEnoughRowsError,
+)
 from letkd.supervision.extract import RowFile, extract_rows
 from letkd.supervision.lda import fit_lda, lda_transform
 from letkd.supervision.spec import CodebookSpec, Spec, SubclassSpec
@@ -26,6 +32,10 @@ __all__ = [
     "CachedArtifact",
     "Codebook",
     "CodebookSpec",
+    "CorruptArtifactError",
+    "CorruptRowsError",
+    "NonFiniteFeaturesError",
+    "NotEnoughRowsError",
     "RowFile",
     "Spec",
     "SubclassCodebook",

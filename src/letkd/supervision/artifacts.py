@@ -3,7 +3,8 @@
 Cache layout under ``SupervisionConfig.cache_dir``: ``<kind>-<hash>.safetensors`` artefacts (see
 :mod:`letkd.supervision.store`) and ``rows/<hash>/`` feature rows (see :mod:`letkd.supervision.extract`),
 keyed by teacher, tap, pooling and dataset, so a codebook and a sub-class spec on the same tap share one
-extraction.
+extraction. Each fit and each extraction holds its entry's lock (``<entry>.lock``); a damaged entry is
+moved aside with a warning and made again (see "Cache problems" in docs/supervision.md).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from torch import nn
 from letkd.config import SupervisionConfig
 from letkd.device import select_device as resolve_device
 from letkd.supervision.codebook import DEFAULT_MAX_POINTS_PER_CENTROID, fit_codebook
-from letkd.supervision.extract import RowFile, extract_rows
+from letkd.supervision.errors import CorruptRowsError, NotEnoughRowsError
+from letkd.supervision.extract import RowFile, check_finite, extract_rows, open_checked
+from letkd.supervision.lock import EntryLock
+from letkd.supervision.repair import move_aside, remove_stale_temps, report_stale, warn
 from letkd.supervision.spec import CodebookSpec, Spec
 from letkd.supervision.store import ArtifactCache, CachedArtifact, cache_key
 from letkd.supervision.subclass import fit_subclasses
@@ -172,29 +176,42 @@ def build_artifact(
     rows_fields = _rows_key(teacher_id, teacher_name, module_path, spec.teacher_pool, dataset_id)
     folder = Path(sup_cfg.cache_dir) / "rows" / cache_key(rows_fields)[:24]
 
+    def extract() -> RowFile:
+        from letkd.data import create_dataset
+
+        dataset = create_dataset(dataset_name, EXTRACT_SPLIT, root=data_root, transform=EXTRACT_TRANSFORM)
+        if train_subset is not None and train_subset < len(dataset):
+            from letkd.data import subset
+
+            dataset = subset(dataset, train_subset, subset_seed)
+        return extract_rows(
+            teacher,
+            dataset,
+            spec.teacher_tap,  # resolves to module_path; errors name the tap as the config does
+            folder,
+            pool2x2=spec.teacher_pool,
+            batch_size=sup_cfg.extract_batch_size,
+            seed=sup_cfg.seed,
+            device=device,
+            progress=progress,
+            num_workers=num_workers,
+        )
+
     def rows() -> RowFile:
-        try:
-            return RowFile.open(folder)
-        except FileNotFoundError:
-            from letkd.data import create_dataset
-
-            dataset = create_dataset(dataset_name, EXTRACT_SPLIT, root=data_root, transform=EXTRACT_TRANSFORM)
-            if train_subset is not None and train_subset < len(dataset):
-                from letkd.data import subset
-
-                dataset = subset(dataset, train_subset, subset_seed)
-            return extract_rows(
-                teacher,
-                dataset,
-                module_path,
-                folder,
-                pool2x2=spec.teacher_pool,
-                batch_size=sup_cfg.extract_batch_size,
-                seed=sup_cfg.seed,
-                device=device,
-                progress=progress,
-                num_workers=num_workers,
-            )
+        lock = EntryLock(folder.with_name(folder.name + ".lock"), f"feature rows of {spec.teacher_tap!r}")
+        with lock:
+            assert lock.acquired_at is not None
+            report_stale(remove_stale_temps(folder.parent, f".{folder.name}.*.tmp", lock.acquired_at))
+            try:
+                data = open_checked(folder)
+            except CorruptRowsError as exc:
+                moved = move_aside(folder)
+                warn(f"{exc}; moved it to {moved}, extracting the rows again")
+                data = None
+            if data is None:
+                data = extract()
+        check_finite(data, spec.teacher_tap)
+        return data
 
     def fit() -> tuple[nn.Module, dict[str, Any]]:
         data = rows()
@@ -206,6 +223,12 @@ def build_artifact(
             "num_images": data.meta.get("num_images"),
         }
         if isinstance(spec, CodebookSpec):
+            if spec.num_templates > data.num_rows:
+                raise NotEnoughRowsError(
+                    f"codebook at teacher tap {spec.teacher_tap!r} asks for K={spec.num_templates} templates "
+                    f"but the training images give only {data.num_rows} feature rows: set num_templates "
+                    f"to at most {data.num_rows} or train on more images (data.train_subset)"
+                )
             print(kmeans_rows_note(spec.num_templates, data.num_rows, key["max_points_per_centroid"]),
                   file=sys.stderr, flush=True)
             module = fit_codebook(

@@ -6,7 +6,9 @@ float32 file written batch by batch (positioned writes, not a growing array), so
 by one batch whatever the dataset size; the file is read back as a ``numpy.memmap``.
 
 Layout of a row folder: ``rows.f32`` (N×D float32, C order), ``labels.i64`` (N int64) and ``meta.json``
-(written last; a folder without it is incomplete).
+(written last; a folder without it is incomplete). The folder is written under a temporary name
+``.<name>.*.tmp`` and renamed when complete. :func:`open_checked` refuses a damaged folder (files shorter or
+longer than ``meta.json`` says) and :func:`check_finite` features with NaN or infinity.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from letkd.supervision.errors import CorruptRowsError, NonFiniteFeaturesError
 from letkd.taps import FeatureTaps, resolve_tap
 
 ROWS_FILE = "rows.f32"
@@ -84,6 +87,53 @@ class RowFile:
                 self.path / LABELS_FILE, dtype=np.int64, mode="r", shape=(self.num_rows,)
             )
         return self._labels
+
+
+def open_checked(path: str | os.PathLike) -> RowFile | None:
+    """The finished row folder at ``path``, None when there is none, :class:`CorruptRowsError` if damaged.
+
+    Damaged: ``meta.json`` missing from an existing folder, unreadable or without the row count and
+    dimension, or a data file whose size differs from the one ``meta.json`` gives (a truncated write).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        num_rows, dim = int(meta["num_rows"]), int(meta["dim"])
+    except FileNotFoundError:
+        raise CorruptRowsError(f"row folder {path} is incomplete ({META_FILE} missing)") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CorruptRowsError(f"row folder {path} has an unreadable {META_FILE} ({exc!r})") from None
+    for name, size in ((ROWS_FILE, num_rows * dim * 4), (LABELS_FILE, num_rows * 8)):
+        file = path / name
+        have = file.stat().st_size if file.is_file() else None
+        if have != size:
+            state = "missing" if have is None else ("truncated" if have < size else "too long")
+            raise CorruptRowsError(
+                f"row folder {path} is damaged: {name} is {state} ({have} bytes, {META_FILE} says "
+                f"{num_rows} rows x {dim} = {size} bytes)"
+            )
+    return RowFile(path=path, meta=meta)
+
+
+def non_finite_message(tap: str, detail: str) -> str:
+    """The one-line message of :class:`NonFiniteFeaturesError` for the teacher tap ``tap``."""
+    return (
+        f"the teacher produces non-finite features (NaN or infinity) at tap {tap!r} ({detail}): "
+        "nothing can be fitted on them; is the teacher checkpoint broken (diverged training, wrong file)?"
+    )
+
+
+def check_finite(rows: RowFile, tap: str, chunk_size: int = 1 << 16) -> None:
+    """Raise :class:`NonFiniteFeaturesError` naming ``tap`` if any row holds NaN or infinity (streamed)."""
+    from letkd.supervision.kmeans import row_chunks
+
+    bad = 0
+    for _, chunk in row_chunks(rows.rows, chunk_size):
+        bad += int((~np.isfinite(chunk)).any(axis=1).sum())
+    if bad:
+        raise NonFiniteFeaturesError(non_finite_message(tap, f"{bad} of {rows.num_rows} rows in {rows.path}"))
 
 
 def subsample_indices(total: int, max_rows: int | None, seed: int) -> np.ndarray | None:
@@ -154,7 +204,7 @@ def extract_rows(
                 return F.avg_pool2d(feats, kernel_size=2, stride=2) if pool2x2 else feats
 
             batches = tqdm(loader, desc=f"extract {tap}", unit="batch", disable=tqdm_disable(progress))
-            meta = _stream_rows(read, path, tmp, num_images, max_rows, seed, batches)
+            meta = _stream_rows(read, tap, tmp, num_images, max_rows, seed, batches)
         meta.update(
             tap=tap,
             module_path=path,
@@ -176,14 +226,17 @@ def extract_rows(
 
 def _stream_rows(
     read: Callable[[torch.Tensor], torch.Tensor],
-    path: str,
+    tap: str,
     folder: Path,
     num_images: int,
     max_rows: int | None,
     seed: int,
     batches: Iterator[Any],
 ) -> dict[str, Any]:
-    """Write the rows and labels of every batch at their final offsets; return the shape metadata."""
+    """Write the rows and labels of every batch at their final offsets; return the shape metadata.
+
+    Raises :class:`NonFiniteFeaturesError` at the first batch with NaN or infinite features.
+    """
     rows_fh = open(folder / ROWS_FILE, "wb")
     labels_fh = open(folder / LABELS_FILE, "wb")
     shape: tuple[int, int, int] | None = None
@@ -196,7 +249,7 @@ def _stream_rows(
                 images, labels = _split_batch(batch)
                 feats = read(images)
                 if feats.dim() != 4:
-                    raise ValueError(f"tap {path!r} gives shape {tuple(feats.shape)}, not (B, D, H, W)")
+                    raise ValueError(f"tap {tap!r} gives shape {tuple(feats.shape)}, not (B, D, H, W)")
                 b, d, h, w = feats.shape
                 if shape is None:
                     shape = (d, h, w)
@@ -207,9 +260,12 @@ def _stream_rows(
                     labels_fh.truncate(num_rows * 8)
                 elif (d, h, w) != shape:
                     raise ValueError(
-                        f"tap {path!r} changed shape from {shape} to {(d, h, w)} between batches"
+                        f"tap {tap!r} changed shape from {shape} to {(d, h, w)} between batches"
                     )
                 rows = feats.float().permute(0, 2, 3, 1).reshape(b * h * w, d).cpu().numpy()
+                if not np.isfinite(rows).all():
+                    first = start // (h * w)
+                    raise NonFiniteFeaturesError(non_finite_message(tap, f"images {first}-{first + b - 1}"))
                 row_labels = labels.to(torch.int64).repeat_interleave(h * w).numpy()
                 if keep is not None:
                     lo, hi = np.searchsorted(keep, [start, start + len(rows)])

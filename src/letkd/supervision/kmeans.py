@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from letkd.supervision.errors import NotEnoughRowsError
+
 DEFAULT_CHUNK = 1 << 16
 MAX_BUFFER = 1 << 25  # distance entries per chunk (128 MB of float32)
 
@@ -54,7 +56,7 @@ def train_kmeans(
 
     n, d = x.shape
     if n < k:
-        raise ValueError(f"K-means needs at least k={k} rows, got {n}")
+        raise NotEnoughRowsError(f"K-means needs at least K={k} rows, got {n}: lower K or use more rows")
     cap = max_points_per_centroid if max_points_per_centroid is not None else math.ceil(n / k) + 1
     km = faiss.Kmeans(
         d,

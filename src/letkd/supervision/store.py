@@ -2,7 +2,9 @@
 
 The file holds the module's buffers as tensors; its header metadata key ``letkd`` holds a JSON object with
 the artefact ``kind`` (``codebook`` / ``subclass``), what identifies it (teacher hash, tap, pooling, dataset,
-K, seed, …) and how it was made (rows, library versions, seconds, cluster-size statistics).
+K, seed, …), how it was made (rows, library versions, seconds, cluster-size statistics) and
+``data_sha256``, a checksum of the tensors verified on load (files written before it existed load
+unchecked). The cache repairs itself: a damaged entry is moved aside with a warning and fitted again.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ import torch
 from torch import nn
 
 from letkd.supervision.codebook import Codebook
+from letkd.supervision.errors import ArtifactMismatchError, CorruptArtifactError
+from letkd.supervision.lock import EntryLock
+from letkd.supervision.repair import move_aside, remove_stale_temps, report_stale, warn
 from letkd.supervision.subclass import SubclassCodebook
 from letkd.utils import atomic_write_bytes
 
 METADATA_KEY = "letkd"
 FORMAT_VERSION = 1
+CHECKSUM_KEY = "data_sha256"
 
-
-class ArtifactMismatchError(ValueError):
-    """A stored artefact's metadata differs from what the caller expects (wrong teacher, tap, K, …)."""
 
 
 def _canonical(value: Any) -> Any:
@@ -57,6 +60,16 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of named tensors: name, dtype, shape and bytes of each, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_artifact(module: nn.Module, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
     """Write ``module``'s buffers and ``meta`` (JSON-serialisable) atomically to one ``.safetensors`` file."""
     from safetensors.torch import save
@@ -70,19 +83,36 @@ def save_artifact(module: nn.Module, path: str | os.PathLike, meta: dict[str, An
     if isinstance(module, SubclassCodebook):
         header["num_classes"] = module.num_classes
     tensors = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
+    header[CHECKSUM_KEY] = tensors_sha256(tensors)
     data = save(tensors, metadata={METADATA_KEY: json.dumps(_canonical(header), sort_keys=True)})
     return atomic_write_bytes(path, data)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON provenance stored in an artefact file, without loading its tensors."""
-    from safetensors import safe_open
+    """The JSON provenance stored in an artefact file, without loading its tensors.
 
-    with safe_open(str(path), framework="pt") as fh:
-        raw = (fh.metadata() or {}).get(METADATA_KEY)
+    Raises :class:`CorruptArtifactError` when the file is not a readable letkd artefact.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no artefact file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(METADATA_KEY)
+    except SafetensorError as exc:
+        raise CorruptArtifactError(f"{path} is not a readable safetensors file ({exc})") from None
     if raw is None:
-        raise ValueError(f"{path} is not a letkd supervision artefact (no '{METADATA_KEY}' metadata)")
-    return json.loads(raw)
+        raise CorruptArtifactError(
+            f"{path} is not a letkd supervision artefact (no '{METADATA_KEY}' metadata)"
+        )
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptArtifactError(f"{path} has unreadable metadata (invalid JSON: {exc})") from None
+    if not isinstance(meta, dict):
+        raise CorruptArtifactError(f"{path} has unreadable metadata (a JSON {type(meta).__name__})")
+    return meta
 
 
 def check_expected(meta: dict[str, Any], expect: dict[str, Any], source: str = "artefact") -> None:
@@ -92,15 +122,24 @@ def check_expected(meta: dict[str, Any], expect: dict[str, Any], source: str = "
     for key, want in sorted(expect.items()):
         have = meta.get(key, missing)
         if have is missing:
-            diffs.append(f"  {key}: not stored (expected {_canonical(want)!r})")
+            diffs.append(f"{key}: not stored, expected {_canonical(want)!r}")
         elif _canonical(have) != _canonical(want):
-            diffs.append(f"  {key}: stored {have!r}, expected {_canonical(want)!r}")
+            diffs.append(f"{key}: stored {have!r}, expected {_canonical(want)!r}")
     if diffs:
-        raise ArtifactMismatchError(f"{source} does not match what was asked for:\n" + "\n".join(diffs))
+        raise ArtifactMismatchError(
+            f"{source} does not match what was asked for ({'; '.join(diffs)}); "
+            "move it out of the cache to fit it again"
+        )
 
 
 def load_artifact(path: str | os.PathLike, expect: dict[str, Any] | None = None) -> tuple[nn.Module, dict]:
-    """Load an artefact as its module (on CPU) and its metadata; refuse it if ``expect`` differs from it."""
+    """Load an artefact as its module (on CPU) and its metadata.
+
+    Raises :class:`ArtifactMismatchError` if ``expect`` differs from the stored metadata and
+    :class:`CorruptArtifactError` if the file is unreadable, truncated, fails its data checksum or does
+    not hold the tensors of its kind. A file without a checksum (written by an older letkd) loads unchecked.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     meta = read_metadata(path)
@@ -108,8 +147,20 @@ def load_artifact(path: str | os.PathLike, expect: dict[str, Any] | None = None)
         check_expected(meta, expect, source=str(path))
     kind = meta.get("kind")
     if kind not in _BUILDERS:
-        raise ValueError(f"{path}: unknown artefact kind {kind!r}")
-    module = _BUILDERS[kind](load_file(str(path), device="cpu"), meta)
+        raise CorruptArtifactError(f"{path} has an unknown artefact kind {kind!r}")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except SafetensorError as exc:
+        raise CorruptArtifactError(f"{path} is not a readable safetensors file ({exc})") from None
+    stored = meta.get(CHECKSUM_KEY)
+    if stored is not None and tensors_sha256(tensors) != stored:
+        raise CorruptArtifactError(
+            f"{path} fails its data checksum ({CHECKSUM_KEY}): the tensor bytes were modified or damaged"
+        )
+    try:
+        module = _BUILDERS[kind](tensors, meta)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise CorruptArtifactError(f"{path} does not hold the tensors of a {kind} ({exc!r})") from None
     module.fit_info = meta.get("fit_info", {})
     return module, meta
 
@@ -157,35 +208,70 @@ class ArtifactCache:
         """Where the artefact of ``kind`` identified by ``key_fields`` lives."""
         return self.root / f"{kind}-{cache_key({'kind': kind, **key_fields})[:24]}.safetensors"
 
-    def get(self, kind: str, key_fields: dict[str, Any]) -> CachedArtifact | None:
-        """The cached artefact, or None when it has not been fitted yet."""
-        path = self.path_for(kind, key_fields)
-        if not path.is_file():
+    def lock(self, kind: str, path: Path) -> EntryLock:
+        """The exclusive lock of the entry ``path`` (the file ``<entry>.lock`` beside it)."""
+        return EntryLock(path.with_suffix(".lock"), f"{kind} artefact {path.name}")
+
+    def _load(self, kind: str, key_fields: dict[str, Any], path: Path) -> CachedArtifact | None:
+        """The artefact at ``path``, or None if there is none; :class:`CorruptArtifactError` if damaged."""
+        try:
+            module, meta = load_artifact(path, expect={"kind": kind, **key_fields})
+        except FileNotFoundError:
             return None
-        module, meta = load_artifact(path, expect={"kind": kind, **key_fields})
         return CachedArtifact(module, meta, path, cached=True)
+
+    def _load_repairing(self, kind: str, key_fields: dict[str, Any], path: Path) -> CachedArtifact | None:
+        """:meth:`_load`, moving a damaged file aside (with a warning) and returning None; hold the lock."""
+        try:
+            return self._load(kind, key_fields, path)
+        except CorruptArtifactError as exc:
+            moved = move_aside(path)
+            warn(f"damaged cached artefact: {exc}; moved it to {moved}, fitting it again")
+            return None
+
+    def get(self, kind: str, key_fields: dict[str, Any]) -> CachedArtifact | None:
+        """The cached artefact, or None when it has not been fitted yet (or was damaged and moved aside)."""
+        path = self.path_for(kind, key_fields)
+        try:
+            return self._load(kind, key_fields, path)
+        except CorruptArtifactError:
+            pass
+        with self.lock(kind, path):
+            return self._load_repairing(kind, key_fields, path)
 
     def get_or_fit(
         self, kind: str, key_fields: dict[str, Any], fit_fn: Callable[[], FitResult]
     ) -> CachedArtifact:
         """Load the artefact if cached, else call ``fit_fn()`` (module, or (module, extra meta)) and save it.
 
-        The stored metadata is ``key_fields`` + the extra metadata + ``fit_info`` of the module + library
-        versions + fit seconds.
+        The fit holds the entry's lock: another process fitting the same entry waits for it and then
+        finds the artefact cached. Leftover temporary files of an interrupted fit of the entry are removed,
+        a damaged file is moved aside and fitted again. The stored metadata is ``key_fields`` + the extra
+        metadata + ``fit_info`` of the module + library versions + fit seconds.
         """
-        found = self.get(kind, key_fields)
+        path = self.path_for(kind, key_fields)
+        try:
+            found = self._load(kind, key_fields, path)
+        except CorruptArtifactError:
+            found = None
         if found is not None:
             return found
-        t0 = time.perf_counter()
-        result = fit_fn()
-        module, extra = result if isinstance(result, tuple) else (result, {})
-        meta = {
-            **extra,
-            **key_fields,
-            "fit_seconds": round(time.perf_counter() - t0, 3),
-            "fit_info": getattr(module, "fit_info", {}),
-            "versions": library_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        path = save_artifact(module, self.path_for(kind, key_fields), meta)
+        with self.lock(kind, path) as lock:
+            found = self._load_repairing(kind, key_fields, path)
+            if found is not None:
+                return found
+            assert lock.acquired_at is not None
+            report_stale(remove_stale_temps(self.root, f".{path.name}.*.tmp", lock.acquired_at))
+            t0 = time.perf_counter()
+            result = fit_fn()
+            module, extra = result if isinstance(result, tuple) else (result, {})
+            meta = {
+                **extra,
+                **key_fields,
+                "fit_seconds": round(time.perf_counter() - t0, 3),
+                "fit_info": getattr(module, "fit_info", {}),
+                "versions": library_versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            path = save_artifact(module, path, meta)
         return CachedArtifact(module, read_metadata(path), path, cached=False)
