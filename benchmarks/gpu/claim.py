@@ -15,7 +15,8 @@ a cosine LR updated every step instead of the 240-epoch step schedule; AMP bf16 
 are chosen from the budget (measured teacher epoch time); every stage has a hard deadline, after which the
 runs are interrupted (they save ``last.pt`` and are reported as unfinished). All configs and overrides are
 written into ``<out>/configs``; logs into ``<out>/logs``; the claim table into ``<out>/claim.md``.
-``--dry-run``: CPU, 600 training / 500 test images, one epoch each — a check of the code path.
+``--dry-run``: CPU, 256 training / 100 test images, 2 steps per run, 3 of the students — a check of the code
+paths.
 Run: ``python -m benchmarks.gpu.claim --budget-s 200 --out runs/gpu/claim``.
 """
 
@@ -94,8 +95,8 @@ def student_overrides(
         params = layers(method, templates, float(weight or 1.0))
         extra.append("method.params.layers=" + json.dumps(params))
     return f"{PAIR}/{method}.yaml", [
-        *data,
         *RECIPE,
+        *data,
         *extra,
         f"train.epochs={epochs}",
         f"seed={seed}",
@@ -163,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/gpu/claim", help="output folder")
     parser.add_argument("--data", default=None, help="folder with fashion-mnist/*-ubyte.gz (default: search)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..n-1 per method")
-    parser.add_argument("--templates", type=int, default=256, help="K of the penultimate codebook")
+    parser.add_argument(
+        "--templates", type=int, default=256, help="K of the penultimate codebook (dry run: 16)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny subsets, one epoch")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        args.templates = 16
     start, out = time.monotonic(), Path(args.out).resolve()
     deadline = start + args.budget_s
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -175,13 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     data = ["data.name=fashion_mnist", "data.on_device=true", "data.test_batch_size=1000", "data.root=null"]
     device = ["--device", "cpu"] if args.dry_run else ["--device", "cuda"]
     if args.dry_run:
-        data += ["data.train_subset=600", "data.test_subset=500"]
+        data += [
+            "data.train_subset=256",
+            "data.test_subset=100",
+            "train.max_steps_per_epoch=2",
+            "train.amp=off",
+            "data.batch_size=16",
+        ]
     # 1. teacher: a short calibration run gives the epoch time, from which the epochs follow
     calib_dir, teacher_dir = out / "calibration", out / "teacher"
     shutil.rmtree(calib_dir, ignore_errors=True)
     shutil.rmtree(teacher_dir, ignore_errors=True)
-    teacher_args = [*data, *RECIPE, "name=fmnist-teacher-resnet56", "train.tensorboard=false"]
-    steps = 5 if args.dry_run else 150
+    teacher_args = [*RECIPE, *data, "name=fmnist-teacher-resnet56", "train.tensorboard=false"]
+    steps = 2 if args.dry_run else 150
     calib = [*teacher_args, "train.epochs=1", f"train.max_steps_per_epoch={steps}"]
     record(out, "teacher_calibration", TEACHER_CONFIG, calib)
     rc = letkd(
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     first = json.loads((calib_dir / "metrics.jsonl").read_text().splitlines()[0])
-    train_images = 600 if args.dry_run else 60_000
+    train_images = 256 if args.dry_run else 60_000
     epoch_s = train_images / first["images_per_second"] + (
         first["seconds"] - first["train_images"] / first["images_per_second"]
     )  # + evaluation
@@ -226,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     # 3. students side by side
     runs, procs = {}, []
+    # a dry run checks each code path once: no teacher, QuEST, letKD-2 with the template-KL weight
+    students = ["vanilla", "quest", "letkd2_w0.1"] if args.dry_run else STUDENTS
     for seed in range(args.seeds):
-        for label in STUDENTS:
+        for label in students:
             config, overrides = student_overrides(
                 label, data, teacher_ckpt, student_epochs, seed, args.templates, cache
             )
@@ -270,13 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         60,
     )
     header = (
-        f"Fashion-MNIST claim: resnet56 teacher ({teacher_epochs} epochs, {epoch_s:.1f} s for the first),"
+        f"Fashion-MNIST claim: resnet56 teacher ({teacher_epochs} epochs, ~{epoch_s:.1f} s each estimated),"
         f" resnet20 students {student_epochs} epochs, seeds {args.seeds}, K = {args.templates}"
         + (" — DRY RUN (CPU, tiny subsets)" if args.dry_run else "")
     )
     teacher_top1 = json.loads((teacher_dir / "summary.json").read_text()).get("best_top1")
     notes = [
-        f"teacher best top-1: {teacher_top1}",
+        f"teacher best top-1: {teacher_top1 if teacher_top1 is None else round(teacher_top1, 2)}",
         f"supervision fits (exit codes): {fits}",
         f"student exit codes: {codes}",
         f"letkd report exit code: {rc} (report in {out / 'report'})",

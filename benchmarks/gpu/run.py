@@ -53,7 +53,7 @@ def finish(proc: subprocess.Popen, deadline: float) -> int | str:
         return "timeout"
 
 
-def test_counts(xml_path: Path) -> str:
+def count_tests(xml_path: Path) -> str:
     """``passed / failed / errors / skipped`` from a JUnit XML file written by pytest."""
     if not xml_path.is_file():
         return "no result (pytest wrote no report)"
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     if "tests" in stages:
-        lines += ["## CUDA tests (tests/test_cuda.py)", "", test_counts(out / "cuda_tests.xml"), ""]
+        lines += ["## CUDA tests (tests/test_cuda.py)", "", count_tests(out / "cuda_tests.xml"), ""]
     if "speed" in stages:
         lines += ["## Speed", "", read(out / "speed" / "speed.md", "no result (see logs/speed.log)"), ""]
     if "claim" in stages:

@@ -201,10 +201,9 @@ def measure_packing(device, batch: int, levels: list[int], window: float, clock:
 def measure_epoch(device, batches, images: int, clock: Clock, out: Path) -> list[dict]:
     """Seconds of one ``Trainer.train_epoch`` of vanilla resnet20 on GPU-resident synthetic images."""
     from letkd.config import RunConfig
-    from letkd.data.device_loader import DeviceLoader
     from letkd.data.memory import InMemoryImageDataset
     from letkd.data.registry import get_transform
-    from letkd.engine import Trainer
+    from letkd.engine import DistInfo, Trainer, build_test_loader, build_train_loader
     from letkd.methods import MethodContext, get_method
     from letkd.models import create_model
 
@@ -218,21 +217,22 @@ def measure_epoch(device, batches, images: int, clock: Clock, out: Path) -> list
         if clock.left() < 10:
             rows.append({"batch": batch, "seconds": None, "images": images})
             continue
-        train = {"amp": "bf16", "channels_last": True, "progress": False, "tensorboard": False}
+        settings = {"amp": "bf16", "channels_last": True, "progress": False, "tensorboard": False}
         cfg = RunConfig.model_validate(
             {
                 "data": {"name": "cifar100", "batch_size": batch, "on_device": True},
                 "model": {"name": "resnet20", "num_classes": 100},
-                "train": train | {"max_steps_per_epoch": 20},
+                "train": settings | {"max_steps_per_epoch": 2 if device.type == "cpu" else 20},
             }
         )
         student = create_model("resnet20", 100)
         distiller = get_method("vanilla").from_config(student, None, {}, MethodContext(100))
-        loader = DeviceLoader(train, batch, device, drop_last=True)
-        trainer = Trainer(
-            distiller, cfg, out / f"epoch_b{batch}", loader, DeviceLoader(test, 256, device), device
+        loaders = (
+            build_train_loader(train, cfg, DistInfo(), device),
+            build_test_loader(test, cfg, DistInfo(), device),
         )
-        trainer.train_epoch(0)  # warm-up: 20 steps (cuDNN autotuning, allocator)
+        trainer = Trainer(distiller, cfg, out / f"epoch_b{batch}", *loaders, device)
+        trainer.train_epoch(0)  # warm-up: 20 steps on the GPU (cuDNN autotuning, allocator)
         trainer.cfg.train.max_steps_per_epoch = None
         sync(torch.device(device))
         stats, seconds = trainer.train_epoch(1)
@@ -295,16 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if dry else "cuda")
     if not dry:
         torch.backends.cudnn.benchmark = True
-    batches = [4] if dry else [64, 128]
+    batches = [2] if dry else [64, 128]
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if not dry else "cpu",
                               "torch": torch.__version__, "dry_run": dry, "batches": batches}  # fmt: skip
     shares = (0.45, 0.3, 0.25)  # steps, packing, epoch: fractions of the time left when each starts
     part = Clock(clock.left() * shares[0])
-    result["steps"] = measure_steps(device, batches, part, steps=2 if dry else 20, warmup=1 if dry else 5)
+    result["steps"] = measure_steps(device, batches, part, steps=1 if dry else 20, warmup=1 if dry else 5)
     part = Clock(clock.left() * shares[1] / (shares[1] + shares[2]))
     levels = [1, 2] if dry else [1, 2, 4, 8, 16]
-    result["packing"] = measure_packing(device, batches[0], levels, 0.5 if dry else 3.0, part)
-    result["epoch"] = measure_epoch(device, batches, 256 if dry else 50_000, Clock(clock.left() - 2), out)
+    result["packing"] = measure_packing(device, batches[0], levels, 0.2 if dry else 3.0, part)
+    result["epoch"] = measure_epoch(device, batches, 32 if dry else 50_000, Clock(clock.left() - 2), out)
     atomic_write_text(out / "speed.json", json.dumps(result, indent=1))
     markdown = to_markdown(result)
     atomic_write_text(out / "speed.md", markdown)
