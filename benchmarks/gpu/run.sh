@@ -17,12 +17,12 @@ need = {"faiss": "faiss-cpu", "pydantic": "pydantic", "yaml": "pyyaml", "tqdm": 
 print(" ".join(pkg for mod, pkg in need.items() if u.find_spec(mod) is None))
 PYEOF
 )
-if [ -n "$missing" ]; then
-  echo "installing from $PAYLOAD/wheels: $missing"
-  "$PY" -m pip install -q --no-index --find-links "$PAYLOAD/wheels" $missing >"$OUT/logs/pip.log" 2>&1 \
-    || { echo "pip install failed (see $OUT/logs/pip.log)"; tail -5 "$OUT/logs/pip.log"; }
-fi
+for pkg in $missing; do  # one at a time: a package that cannot be installed does not block the others
+  echo "installing $pkg from $PAYLOAD/wheels"
+  "$PY" -m pip install -q --no-index --find-links "$PAYLOAD/wheels" "$pkg" >>"$OUT/logs/pip.log" 2>&1 \
+    || { echo "pip install $pkg failed (see $OUT/logs/pip.log)"; tail -3 "$OUT/logs/pip.log"; }
+done
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DATA_ARGS=()
 [ -d "$PAYLOAD/data/fashion-mnist" ] && DATA_ARGS=(--data "$PAYLOAD/data")
-exec "$PY" -m benchmarks.gpu.run --out "$OUT" "${DATA_ARGS[@]}" "$@"
+exec "$PY" -m benchmarks.gpu.run --out "$OUT" ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} "$@"
