@@ -271,7 +271,7 @@ def to_markdown(result: dict) -> str:
         target = TARGETS.get(r["method"]) if r["batch"] == result["batches"][0] else None
         verdict = (
             ""
-            if target is None or r["ratio"] is None
+            if target is None or r["ratio"] is None or result["dry_run"]
             else f"≤ {target}× " + ("ok" if r["ratio"] <= target else "MISSED")
         )
         rows.append(
@@ -303,7 +303,7 @@ def to_markdown(result: dict) -> str:
             r["images"],
             _fmt(r["seconds"], ".2f"),
             ""
-            if r["seconds"] is None
+            if r["seconds"] is None or result["dry_run"]
             else f"≤ {EPOCH_TARGET_S} s "
             + ("ok" if r["seconds"] * 50_000 / r["images"] <= EPOCH_TARGET_S else "MISSED"),
         ]
