@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from benchmarks._common import trainer_memory_setting
 from letkd.graft import graft, graft_scores
 from letkd.layers import KDLayer
-from letkd.losses import template_kl
+from letkd.template_loss import template_kl
 from letkd.models import create_model
 
 BATCH, K, WARMUP, REPEATS = 64, 4096, 2, 5

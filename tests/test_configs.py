@@ -13,7 +13,8 @@ from letkd.config import load_config
 from letkd.data import dataset_info
 from letkd.methods import get_method
 from letkd.methods.fitnet import HintRegressor
-from letkd.models import create_model, feature_shape, feature_stages
+from letkd.models import create_model, feature_stages
+from letkd.taps import feature_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from letkd.config import TrainConfig, load_config
-from letkd.engine import build_optimizer, train_from_config
+from letkd.engine import build_optimizer
 from letkd.graft import bake, graft
 from letkd.layers import KDLayer
-from letkd.losses import template_kl
 from letkd.methods import Distiller, MethodContext, get_method, list_methods
 from letkd.models import create_model
+from letkd.pipeline import train_from_config
 from letkd.supervision import Codebook, SubclassCodebook, extract_rows
+from letkd.template_loss import template_kl
 
 ROOT = Path(__file__).resolve().parents[1]
 FORCED = os.environ.get("LETKD_TEST_DEVICE", "").strip()
@@ -87,7 +88,7 @@ def build(name: str, params: dict, compile_teacher: bool = False, seed: int = 0)
     supervision = (
         [_subclass() if layer["kind"] == "subclass" else _codebook() for layer in layers] if layers else None
     )
-    context = MethodContext(NC, SIZE, epochs=2, supervision=supervision, compile_teacher=compile_teacher)
+    context = MethodContext(NC, SIZE, supervision=supervision, compile_teacher=compile_teacher)
     cls = get_method(name)
     distiller = cls.from_config(student, teacher if cls.requires_teacher else None, params, context)
     return distiller.to(DEVICE).train()

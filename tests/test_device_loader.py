@@ -17,8 +17,9 @@ from letkd.data import create_dataset, get_transform, subset
 from letkd.data.device_loader import DeviceLoader, DeviceLoaderError
 from letkd.data.memory import InMemoryImageDataset
 from letkd.data.transforms import RandomCropFlipNormalize, normalize
-from letkd.engine import build_test_loader, build_train_loader, train_from_config
+from letkd.engine import build_test_loader, build_train_loader
 from letkd.engine.distributed import DistInfo
+from letkd.pipeline import train_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)

@@ -30,11 +30,11 @@ from letkd.engine import (
     lr_at_epoch,
     save_checkpoint,
     topk_correct,
-    train_from_config,
 )
 from letkd.engine.checkpoint import capture_rng_state, restore_rng_state
 from letkd.engine.distributed import DistInfo
 from letkd.methods.vanilla import Vanilla
+from letkd.pipeline import train_from_config
 
 # ----------------------------------------------------------------------------------------- schedules
 
@@ -389,7 +389,7 @@ def test_resume_reports_config_changes(tmp_path, capsys):
 
 
 def test_train_command_exit_codes(tmp_path, monkeypatch, capsys):
-    import letkd.engine
+    import letkd.pipeline
     from letkd.cli import main
 
     config = str(Path(__file__).resolve().parents[1] / "configs/digits/resnet8.yaml")
@@ -397,13 +397,13 @@ def test_train_command_exit_codes(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(letkd.engine, "train_from_config", interrupted)
+    monkeypatch.setattr(letkd.pipeline, "train_from_config", interrupted)
     assert main(["train", config, "--out", str(tmp_path)]) == 130
 
     def diverged(*args, **kwargs):
         raise NonFiniteLossError(0, 3, {"loss": float("nan")})
 
-    monkeypatch.setattr(letkd.engine, "train_from_config", diverged)
+    monkeypatch.setattr(letkd.pipeline, "train_from_config", diverged)
     assert main(["train", config, "--out", str(tmp_path)]) == 1
     assert main(["train", config, "train.nope=1"]) == 1
     assert "unknown key 'train.nope'" in capsys.readouterr().err

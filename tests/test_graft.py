@@ -27,9 +27,9 @@ from letkd.graft import (
     ungraft,
 )
 from letkd.layers import KDLayer, TemplateHead
-from letkd.losses import template_kl
 from letkd.models import create_model, get_taps, list_models
 from letkd.taps import FeatureTaps
+from letkd.template_loss import template_kl
 
 
 def all_hooks(model: nn.Module) -> int:

@@ -53,7 +53,7 @@ SUBCLASS_LAYER = {"kind": "subclass", "student_tap": "intermediate", "teacher_ta
 
 
 def _context(supervision=None) -> MethodContext:
-    return MethodContext(num_classes=NC, input_size=SIZE, epochs=2, supervision=supervision)
+    return MethodContext(num_classes=NC, input_size=SIZE, supervision=supervision)
 
 
 def _build(name: str, params: dict, supervision=None, pair=None):
@@ -174,7 +174,7 @@ def test_teacher_pool_matches_grids_and_pools_targets():
     d = _build("letkd", {"layers": [dict(CODEBOOK_LAYER, teacher_pool=True)]}, [cb], pair)
     images, labels = _batch()
     with torch.no_grad():
-        pooled = nn.functional.avg_pool2d(d.teacher.features(images), 2)
+        pooled = nn.functional.avg_pool2d(d.teacher.module.features(images), 2)
     (targets,) = d.targets(images, labels)
     torch.testing.assert_close(targets, cb.targets(pooled))
     assert targets.shape == (4, K, 2, 2)
@@ -252,7 +252,7 @@ def test_fitnet_losses():
     d = _build("fitnet", {})
     d.train()
     feats: dict = {}
-    hooks = [_capture(d.student.layer2, feats, "s"), _capture(d.teacher.layer2, feats, "t")]
+    hooks = [_capture(d.student.layer2, feats, "s"), _capture(d.teacher.module.layer2, feats, "t")]
     images, labels = _batch()
     logits, losses = d.forward_train(images, labels)
     for h in hooks:
@@ -275,7 +275,8 @@ def _attention(f: np.ndarray) -> np.ndarray:
 def _stage_features(d, images, labels):
     feats: dict = {}
     hooks = [_capture(getattr(net, name), feats, f"{role}{name}")
-             for role, net in (("s", d.student), ("t", d.teacher)) for name in ("layer1", "layer2", "layer3")]
+             for role, net in (("s", d.student), ("t", d.teacher.module))
+             for name in ("layer1", "layer2", "layer3")]
     logits, losses = d.forward_train(images, labels)
     for h in hooks:
         h.remove()
@@ -324,7 +325,7 @@ def test_quest_losses_use_tau_5_and_raw_features():
     d = _build("quest", {"layers": [CODEBOOK_LAYER]}, [cb])
     d.train()
     feats: dict = {}
-    hooks = [_capture(d.student.layer3, feats, "s"), _capture(d.teacher.layer3, feats, "t")]
+    hooks = [_capture(d.student.layer3, feats, "s"), _capture(d.teacher.module.layer3, feats, "t")]
     images, labels = _batch()
     logits, losses = d.forward_train(images, labels)
     for h in hooks:
@@ -352,7 +353,7 @@ def test_letkd2_losses_on_back_to_back_layers():
     assert d.student.get_submodule("layer3.letkd") is pen
     store: dict = {}
     hooks = [_capture(inter, store, "x_int", inputs=True), _capture(pen, store, "x_pen", inputs=True),
-             _capture(inter, store, "out_int"), _capture(d.teacher.layer3, store, "t")]
+             _capture(inter, store, "out_int"), _capture(d.teacher.module.layer3, store, "t")]
     images, labels = _batch()
     logits, losses = d.forward_train(images, labels)
     for h in hooks:
@@ -464,22 +465,6 @@ def test_hint_regressor_follows_repdistiller_grid_rules():
         HintRegressor((8, 4, 4), (16, 6, 6))
 
 
-def test_teacher_outputs_leave_inference_mode_and_do_not_track_gradients():
-    from letkd.methods.features import teacher_features, teacher_logits
-
-    _, teacher = _pair()
-    teacher.eval()
-    images = torch.randn(2, *SIZE)
-    logits = teacher_logits(teacher, images)
-    feats = teacher_features(teacher, ["layer2", "layer3"], images)
-    for t in (logits, *feats.values()):
-        assert not t.is_inference() and not t.requires_grad
-    # usable in a loss that autograd saves for the student's backward
-    student_logits = torch.randn(2, NC, requires_grad=True)
-    (student_logits * logits).sum().backward()
-    torch.testing.assert_close(student_logits.grad, logits)
-
-
 def test_letkd_targets_reuse_a_buffer_and_an_overwritten_graph_fails_loudly():
     cb = _codebook()
     d = _build("letkd", {"layers": [CODEBOOK_LAYER]}, [cb])
@@ -492,93 +477,3 @@ def test_letkd_targets_reuse_a_buffer_and_an_overwritten_graph_fails_loudly():
     d.forward_train(images, labels)  # overwrites the targets the first graph saved
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         sum(losses.values()).backward()
-
-
-def _pair_with_batchnorm_statistics() -> tuple[nn.Module, nn.Module]:
-    """A seeded student/teacher pair whose teacher has non-trivial BatchNorm statistics (so that folding,
-    by ``teacher.compile`` or ``teacher.fold_batchnorm``, matters)."""
-    torch.manual_seed(0)
-    student, teacher = _pair()
-    for m in teacher.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return student, teacher
-
-
-@pytest.mark.parametrize(
-    "name,params,supervision",
-    [
-        ("kd", {}, None),
-        ("at", {}, None),
-        ("letkd", {"layers": [SUBCLASS_LAYER, CODEBOOK_LAYER]}, "letkd2"),
-    ],
-)
-def test_compiled_teacher_gives_the_same_losses(name, params, supervision):
-    """teacher.compile: the frozen teacher (whole, or its untapped submodules) runs through torch.compile."""
-    sup = [_subclass(), _codebook()] if supervision == "letkd2" else None
-    losses = []
-    for compile_teacher in (False, True):
-        student, teacher = _pair_with_batchnorm_statistics()
-        context = MethodContext(NC, SIZE, epochs=2, supervision=sup, compile_teacher=compile_teacher)
-        d = get_method(name).from_config(student, teacher, params, context).train()
-        images, labels = _batch()
-        losses.append(d.forward_train(images, labels)[1])
-    assert bool(d._compiled_teacher) == (name == "kd")  # logits only: the whole teacher is compiled
-    assert ("forward" in vars(teacher.layer1)) == (name != "kd")  # features: its untapped blocks are
-    for key in losses[0]:
-        torch.testing.assert_close(losses[1][key], losses[0][key], rtol=1e-4, atol=1e-5)
-
-
-def test_compile_picks_the_largest_untapped_submodules():
-    from letkd.methods.base import compile_untapped_submodules
-
-    model = create_model("resnet8", NC)
-    compiled = compile_untapped_submodules(model, ["layer2", "layer3.0.conv1"])
-    # a tap's own forward may be compiled (its hooks run around it); a module holding a tap inside is split
-    # up, and modules without parameters (ReLU, pooling) stay eager
-    assert compiled == ["conv1", "bn1", "layer1", "layer2", "layer3.0.conv1", "layer3.0.bn1",
-                        "layer3.0.conv2", "layer3.0.bn2", "layer3.0.downsample", "fc"]  # fmt: skip
-    assert "forward" not in vars(model.layer3) and "forward" not in vars(model.relu)
-    assert "forward" in vars(model.layer1) and "forward" in vars(model.layer3[0].conv1)
-
-
-def _spatial_convs(model: nn.Module) -> list[nn.Conv2d]:
-    """Convolutions whose weight layout tells the memory formats apart (1×1 kernels fit both)."""
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
-
-
-def _channels_last(weight: torch.Tensor) -> bool:
-    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-
-
-@pytest.mark.parametrize(
-    "name,params,supervision",
-    [
-        ("kd", {}, None),
-        ("fitnet", {}, None),
-        ("letkd", {"layers": [SUBCLASS_LAYER, CODEBOOK_LAYER]}, "letkd2"),
-    ],
-)
-def test_channels_last_and_folded_teacher_gives_the_same_losses(name, params, supervision):
-    """teacher.channels_last and teacher.fold_batchnorm (both default on) change how the teacher computes,
-    not what: the losses stay the same, and the modules the method taps are kept."""
-    sup = [_subclass(), _codebook()] if supervision == "letkd2" else None
-    losses, layouts, batchnorms = [], [], []
-    for optimized in (False, True):
-        student, teacher = _pair_with_batchnorm_statistics()
-        fast = {"teacher_channels_last": optimized, "fold_teacher_batchnorm": optimized}
-        context = MethodContext(NC, SIZE, epochs=2, supervision=sup, **fast)
-        d = get_method(name).from_config(student, teacher, params, context).train()
-        layouts.append({_channels_last(m.weight) for m in _spatial_convs(d.teacher)})
-        assert not any(_channels_last(m.weight) for m in _spatial_convs(d.student))  # the student's own
-        batchnorms.append(sum(isinstance(m, nn.BatchNorm2d) for m in d.teacher.modules()))
-        for path in getattr(d, "teacher_paths", []):
-            assert not isinstance(d.teacher.get_submodule(path), nn.Identity)
-        images, labels = _batch()
-        losses.append(d.forward_train(images, labels)[1])
-    assert layouts == [{False}, {True}]
-    assert batchnorms[1] < batchnorms[0] and (name != "kd" or batchnorms[1] == 0)
-    assert MethodContext(NC).teacher_channels_last and MethodContext(NC).fold_teacher_batchnorm  # defaults
-    for key in losses[0]:
-        torch.testing.assert_close(losses[1][key], losses[0][key], rtol=1e-4, atol=1e-5)

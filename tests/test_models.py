@@ -14,14 +14,12 @@ from torch import nn
 from letkd.models import (
     TapInferenceError,
     UnknownModelError,
-    UnknownTapError,
     create_model,
-    feature_shape,
     feature_stages,
     get_taps,
     list_models,
-    resolve_tap,
 )
+from letkd.taps import UnknownTapError, feature_shape, resolve_tap
 
 ZOO_22 = [
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",

@@ -46,7 +46,7 @@ def _train(out: Path, *extra: str) -> subprocess.Popen:
 def _train_in_process(out: Path) -> None:
     """The same run inside the test process, with the subprocesses' single thread (for identical kernels)."""
     from letkd.config import load_config
-    from letkd.engine import train_from_config
+    from letkd.pipeline import train_from_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

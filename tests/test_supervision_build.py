@@ -1,4 +1,4 @@
-"""Supervision specs from run configs, build_supervision with its cache, and the ``letkd fit`` command."""
+"""The supervision a method asks for, build_artifact with its cache, and the ``letkd fit`` command."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import pytest
 import torch
 import yaml
 
+from letkd.build import supervision_specs
 from letkd.cli import main
 from letkd.config import ConfigError, RunConfig, SupervisionConfig
-from letkd.supervision import build as build_mod
-from letkd.supervision.build import build_supervision, kmeans_points_per_centroid, teacher_identity
+from letkd.supervision import artifacts as build_mod
+from letkd.supervision.artifacts import build_artifact, kmeans_points_per_centroid, teacher_identity
 from letkd.supervision.codebook import Codebook
-from letkd.supervision.spec import CodebookSpec, SubclassSpec, specs_from_config
+from letkd.supervision.spec import CodebookSpec, SubclassSpec
 from letkd.supervision.subclass import SubclassCodebook
 
 LAYERS = [
@@ -48,29 +49,29 @@ def _config(tmp_path, layers=LAYERS) -> dict:
     }
 
 
-def test_specs_from_config():
+def test_the_method_says_which_supervision_it_needs():
     cfg = RunConfig.model_validate(
         {
             "method": {
                 "name": "letkd",
-                "params": {"layers": LAYERS + [{"teacher_tap": "layer3", "teacher_pool": True}]},
+                "params": {"layers": LAYERS + [{"kind": "codebook", "student_tap": "layer2",
+                                                "teacher_tap": "layer3", "teacher_pool": True}]},
             }
         }
     )
-    specs = specs_from_config(cfg)
-    assert specs == [
-        SubclassSpec(teacher_tap="penultimate", subclasses_per_class=2, lda_components=5),
-        CodebookSpec(teacher_tap="penultimate", num_templates=8),
-        CodebookSpec(teacher_tap="layer3", teacher_pool=True, num_templates=4096),
+    assert supervision_specs(cfg) == [
+        SubclassSpec("penultimate", False, subclasses_per_class=2, lda_components=5),
+        CodebookSpec("penultimate", False, num_templates=8),
+        CodebookSpec("layer3", True, num_templates=4096),  # the method's default K
     ]
-    assert (
-        SubclassSpec(teacher_tap="x").subclasses_per_class == 8
-        and SubclassSpec(teacher_tap="x").lda_components == 60
+    quest = RunConfig.model_validate(
+        {"method": {"name": "quest", "params": {"layers": [{"student_tap": "a", "teacher_tap": "b"}]}}}
     )
-    assert specs_from_config(RunConfig()) == []
-    bad = RunConfig.model_validate({"method": {"params": {"layers": [{"kind": "pca", "teacher_tap": "x"}]}}})
+    assert supervision_specs(quest) == [CodebookSpec("b", False, 4096)]
+    assert supervision_specs(RunConfig()) == []  # vanilla
+    bad = RunConfig.model_validate({"method": {"name": "letkd", "params": {"layers": [{"kind": "pca"}]}}})
     with pytest.raises(ConfigError, match="layers.0"):
-        specs_from_config(bad)
+        supervision_specs(bad)
 
 
 def test_teacher_identity_and_kmeans_cap(tmp_path):
@@ -110,8 +111,8 @@ def test_fit_command_then_build_reuses_the_cache(tmp_path, capsys, monkeypatch):
     seed_everything(3)  # the same random teacher as the command's (seed 3)
     teacher = create_model("resnet8", 10).eval()
     sup_cfg = SupervisionConfig(**cfg["supervision"])
-    codebook = build_supervision(
-        CodebookSpec(teacher_tap="penultimate", num_templates=8),
+    codebook = build_artifact(
+        CodebookSpec("penultimate", False, num_templates=8),
         teacher,
         "resnet8",
         None,
@@ -121,9 +122,9 @@ def test_fit_command_then_build_reuses_the_cache(tmp_path, capsys, monkeypatch):
         "cpu",
         10,
         teacher_seed=3,
-    )
-    subclass = build_supervision(
-        SubclassSpec(teacher_tap="layer3", subclasses_per_class=2, lda_components=5),
+    ).module
+    subclass = build_artifact(
+        SubclassSpec("layer3", False, subclasses_per_class=2, lda_components=5),
         teacher,
         "resnet8",
         None,
@@ -133,7 +134,7 @@ def test_fit_command_then_build_reuses_the_cache(tmp_path, capsys, monkeypatch):
         "cpu",
         10,
         teacher_seed=3,
-    )
+    ).module
     assert isinstance(codebook, Codebook) and codebook.centers.shape == (8, 64)
     assert int(codebook.cluster_sizes.sum()) == 91968
     assert isinstance(subclass, SubclassCodebook) and subclass.centers.shape == (20, 5)
@@ -141,8 +142,8 @@ def test_fit_command_then_build_reuses_the_cache(tmp_path, capsys, monkeypatch):
     feats = torch.rand(2, 64, 8, 8)
     assert subclass.targets(feats, torch.tensor([1, 9])).shape == (2, 20, 8, 8)
     with pytest.raises(AssertionError, match="must not extract"):  # another seed is another artefact
-        build_supervision(
-            CodebookSpec(teacher_tap="penultimate", num_templates=8),
+        build_artifact(
+            CodebookSpec("penultimate", False, num_templates=8),
             teacher,
             "resnet8",
             None,
@@ -171,7 +172,7 @@ def test_fit_help(capsys):
 
 
 def test_fit_command_reports_errors_without_traceback(tmp_path, capsys):
-    layers = [{"kind": "codebook", "teacher_tap": "layer9", "num_templates": 4}]
+    layers = [{"kind": "codebook", "student_tap": "penultimate", "teacher_tap": "layer9", "num_templates": 4}]
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path, layers)))
     assert main(["fit", str(path), "--no-progress"]) == 2

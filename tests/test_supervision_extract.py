@@ -120,7 +120,7 @@ class BrokenImages(RandomImages):
 
 
 def test_failed_extraction_leaves_no_folder(tmp_path):
-    from letkd.models import UnknownTapError
+    from letkd.taps import UnknownTapError
 
     with pytest.raises(UnknownTapError):
         extract_rows(TinyNet(), RandomImages(3), "no.such.layer", tmp_path / "rows", progress=False)

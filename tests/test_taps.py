@@ -9,7 +9,7 @@ from torch import nn
 from letkd.graft import graft
 from letkd.layers import KDLayer
 from letkd.models import create_model
-from letkd.taps import FeatureTaps, TapError, UnknownTapPathError
+from letkd.taps import FeatureTaps, TapError, UnknownTapError
 
 
 def hook_count(model: nn.Module) -> int:
@@ -50,9 +50,9 @@ def test_several_taps_equal_manual_features_and_model_is_untouched(resnet8):
 
 
 def test_unknown_tap_lists_close_matches(resnet8):
-    with pytest.raises(UnknownTapPathError, match="layer3.0"):
+    with pytest.raises(UnknownTapError, match="layer3.0"):
         FeatureTaps(resnet8, ["layer3.O"])
-    with pytest.raises(UnknownTapPathError, match="valid module paths"):
+    with pytest.raises(UnknownTapError, match="valid module paths"):
         FeatureTaps(resnet8, ["nothing_like_it_xyz"])
     assert hook_count(resnet8) == 0
 

@@ -19,6 +19,7 @@ Run: ``python -m benchmarks.gpu.speed --budget-s 100 --out runs/gpu/speed``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import queue
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks._common import format_table
-from benchmarks.bench_methods_step import build_distiller, make_step, method_specs
+from benchmarks.bench_methods_step import make_step, method_specs
 from letkd.utils import atomic_write_text
 
 METHODS = ("vanilla", "kd", "quest", "letkd1", "letkd2")
@@ -73,6 +74,20 @@ def time_steps(step, device: torch.device, steps: int, warmup: int) -> float:
             step()
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def build_distiller(method: str, params: dict, supervision, teacher: torch.nn.Module, compile_teacher: bool):
+    """A fresh resnet20 student (seeded) wrapped by ``method``; vanilla gets no teacher."""
+    from letkd.methods import MethodContext, get_method
+    from letkd.models import create_model
+
+    torch.manual_seed(0)
+    student = create_model("resnet20", 100)
+    if compile_teacher:  # compiling a feature method's teacher changes its modules: use a copy
+        teacher = copy.deepcopy(teacher)
+    context = MethodContext(100, (3, 32, 32), supervision=supervision, compile_teacher=compile_teacher)
+    cls = get_method(method)
+    return cls.from_config(student, teacher if cls.requires_teacher else None, params, context).train()
 
 
 def build_step(label: str, batch: int, setting: str, device: torch.device, teacher: torch.nn.Module):

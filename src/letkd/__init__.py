@@ -16,7 +16,7 @@ _EXPORTS = {
     "CosineConv2d": "letkd.layers",
     "KDLayer": "letkd.layers",
     "TemplateHead": "letkd.layers",
-    "template_kl": "letkd.losses",
+    "template_kl": "letkd.template_loss",
     "graft": "letkd.graft",
     "ungraft": "letkd.graft",
     "graft_scores": "letkd.graft",
@@ -26,8 +26,8 @@ _EXPORTS = {
     "create_model": "letkd.models",
     "list_models": "letkd.models",
     "get_taps": "letkd.models",
-    "resolve_tap": "letkd.models",
-    "feature_shape": "letkd.models",
+    "resolve_tap": "letkd.taps",
+    "feature_shape": "letkd.taps",
     "load_weights": "letkd.models",
     "CheckpointError": "letkd.models",
     "create_dataset": "letkd.data",
@@ -46,7 +46,7 @@ _EXPORTS = {
     "RunConfig": "letkd.config",
     "load_config": "letkd.config",
     "Trainer": "letkd.engine",
-    "train_from_config": "letkd.engine",
+    "train_from_config": "letkd.pipeline",
     "run_pipeline": "letkd.pipeline",
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # sub-command name -> module under letkd.commands providing add_parser(subparsers)
@@ -20,7 +21,31 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "report": "report",
     "export": "export",
+    "inspect": "inspect",
+    "sweep": "sweep",
 }
+
+
+class IntermixedArgumentParser(argparse.ArgumentParser):
+    """Accepts positionals after options (``CONFIG --out DIR key=value``), which plain argparse rejects.
+
+    Sub-commands whose arguments intermixed parsing cannot handle (``argparse.REMAINDER``) parse as usual.
+    """
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Parse with :meth:`parse_known_intermixed_args` (which calls this method again: hence the guard)."""
+        if self._parsing:
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        except TypeError:  # REMAINDER or the like: intermixed parsing is not possible
+            self._parsing = False
+            return super().parse_known_args(args, namespace)
+        finally:
+            self._parsing = False
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -32,7 +57,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Knowledge distillation with learnable KD layers (letKD-1/letKD-2) and baselines.",
     )
     parser.add_argument("--version", action="version", version=f"letkd {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error (anywhere on the line)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedArgumentParser)
     for name, module in COMMANDS.items():
         if only is not None and name != only:
             sub.add_parser(name, help=f"(see 'letkd {name} --help')")
@@ -48,8 +76,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``letkd`` console script."""
+    """Entry point of the ``letkd`` console script.
+
+    Every failure is reported as one ``error: …`` line on stderr with exit status 1; ``--debug`` (anywhere on
+    the command line) or ``LETKD_DEBUG=1`` shows the traceback instead.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LETKD_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     only = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(only)
     args = parser.parse_args(argv)
@@ -61,3 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001  (the one place that turns any failure into one line)
+        if debug:
+            raise
+        print(f"error: {error_message(exc)}", file=sys.stderr)
+        return 1
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for ``exc``: its message, prefixed by its type where the type says something the message
+    does not (a ``ValueError`` or ``RuntimeError`` is just its message)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = " ".join(text.split()) or type(exc).__name__
+    plain = (ValueError, RuntimeError, KeyError, Exception)
+    if type(exc) in plain or type(exc).__module__.startswith("letkd"):
+        return text
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return f"{type(exc).__name__}: {text}"

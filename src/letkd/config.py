@@ -18,7 +18,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # unknown keys are errors; NaN and ±inf are refused wherever a float is expected
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -82,7 +83,10 @@ class SupervisionConfig(_Strict):
     cache_dir: str = "artifacts"
     kmeans_iters: int = Field(20, ge=1)
     max_rows: int | None = Field(
-        None, ge=1, description="rows K-means trains on (faiss sample, seeded); None = K·256; >= N = all rows"
+        None,
+        ge=1,
+        description="rows K-means trains on: None = a seeded sample of K·256 rows (speed); >= N = all rows "
+        "(the paper's setting, used by the paper configs); smaller = a seeded sample of about that size",
     )
     extract_batch_size: int = Field(256, ge=1)
     seed: int = 0
@@ -93,9 +97,9 @@ class ScheduleConfig(_Strict):
 
     type: Literal["step", "cosine", "constant"] = "step"
     milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
-    gamma: float = 0.1
+    gamma: float = Field(0.1, gt=0)
     warmup_epochs: int = Field(0, ge=0)
-    min_lr: float = 0.0
+    min_lr: float = Field(0.0, ge=0)
     per_step: bool = Field(
         False,
         description="update the LR before every step from the fractional epoch (smooth cosine/warm-up for "
@@ -108,9 +112,9 @@ class TrainConfig(_Strict):
 
     epochs: int = Field(240, ge=1)
     lr: float = Field(0.05, gt=0)
-    momentum: float = 0.9
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    weight_decay: float = Field(5e-4, ge=0)
     decay_norm_and_bias: bool = Field(
         True, description="weight decay also on biases, norm weights and scales (the paper's choice)"
     )
@@ -126,7 +130,7 @@ class TrainConfig(_Strict):
     )
     deterministic: bool = False
     sync_bn: bool = False
-    grad_clip: float | None = None
+    grad_clip: float | None = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap training steps per epoch")
     progress: bool = True
@@ -143,13 +147,21 @@ class RunConfig(_Strict):
     """A whole run: data, student model, optional teacher, method, supervision and training."""
 
     name: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     teacher: TeacherConfig | None = None
     method: MethodConfig = Field(default_factory=MethodConfig)
     supervision: SupervisionConfig = Field(default_factory=SupervisionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        # the name becomes a folder under runs/: nothing that leaves it
+        if v is not None and (not v.strip() or "/" in v or "\\" in v or v in (".", "..") or "\0" in v):
+            raise ValueError("must be a plain folder name (no '/', '\\', '..' or empty name)")
+        return v
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (what a run folder stores)."""
@@ -188,10 +200,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def format_validation_error(exc: ValidationError, heading: str, prefix: str = "") -> str:
+    """A pydantic error as ``heading:`` and one line per problem, keys shown as ``<prefix><dotted key>``."""
+    lines = [f"{heading}:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = prefix + ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{loc}'")
         else:
@@ -204,7 +217,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, f"invalid config {source}")) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -216,9 +229,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config is empty (a run needs at least data, model and method)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from letkd.layers import CosineConv2d
+from letkd.taps import dummy_input, eval_mode
 
 
 def kd_layer_cost(channels: int, num_templates: int, height: int, width: int) -> dict[str, int]:
@@ -49,15 +50,10 @@ def model_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> dic
         total["macs"] += _layer_macs(module, inputs, output)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    was_training = model.training
-    model.eval()
     try:
-        model(torch.zeros(1, *input_size, device=device, dtype=dtype))
+        with eval_mode(model):
+            model(dummy_input(model, input_size, batch_size=1))
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return {"parameters": sum(p.numel() for p in model.parameters()), "macs": total["macs"]}

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from letkd.layers import KDLayer, TemplateHead
+from letkd.taps import UnknownTapError, resolve_tap
 
 GRAFT_NAME = "letkd"
 
@@ -195,19 +196,12 @@ class GraftHandle:
 
 
 def resolve_target(model: nn.Module, target: str) -> str:
-    """Module path for ``target``: a module path of ``model``, or a tap name such as ``"penultimate"``."""
+    """Module path for ``target`` (:func:`letkd.taps.resolve_tap`); unknown ones raise :class:`GraftError`."""
     if not target:
         raise GraftError("the graft target must be a submodule path, not the model itself")
     try:
-        model.get_submodule(target)
-        return target
-    except AttributeError:
-        pass
-    from letkd.models import resolve_tap
-
-    try:
         return resolve_tap(model, target)
-    except (KeyError, ValueError) as exc:
+    except UnknownTapError as exc:
         raise GraftError(str(exc)) from None
 
 
@@ -217,7 +211,7 @@ def graft(model: nn.Module, target: str, module: nn.Module, name: str = GRAFT_NA
     Args:
         model: the network to modify (its forward passes are tracked for the run-once check).
         target: module path (``"layer3"``, ``"layer3.0"``) or a tap name known to
-            :func:`letkd.models.resolve_tap` (``"penultimate"``, ``"intermediate"``).
+            :func:`letkd.taps.resolve_tap` (``"penultimate"``, ``"intermediate"``).
         module: maps the target's output ``(B, C, H, W)`` to ``(x_hat, scores)`` or to ``scores`` only.
         name: attribute name of the module inside the target (state_dict keys ``<target>.<name>.*``).
 

@@ -1,38 +1,46 @@
-"""The end-to-end run (``letkd run``): teacher → supervision → student distillation → evaluation.
+"""The run (``letkd run`` and ``letkd train``): teacher → supervision → student distillation → evaluation.
 
 Every stage reuses what already exists: a teacher checkpoint named by the config (or a teacher trained
 once from ``teacher.train_config`` and kept under ``runs/teachers/``), supervision artefacts from the
-content-addressed cache (``supervision.cache_dir``), and ``--resume`` for the student run itself.
+content-addressed cache (``supervision.cache_dir``), and ``--resume`` for the student run itself. The
+objects come from :mod:`letkd.build`; the loop is :class:`letkd.engine.Trainer`. Without a teacher
+section the same path trains a model on its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from letkd.build import (
+    _log,
+    build_datasets,
+    build_distiller,
+    build_student,
+    build_supervision,
+    build_teacher,
+    input_size_of,
+    method_and_params,
+    resolve_num_classes,
+)
 from letkd.config import ConfigError, RunConfig, load_config
 from letkd.engine import distributed as dist_utils
-from letkd.engine.build import build_datasets, resolve_num_classes, train_from_config
-from letkd.engine.loaders import build_test_loader
-from letkd.engine.rundir import LAST, SUMMARY
-from letkd.engine.trainer import evaluate
-from letkd.methods.base import Distiller, MethodContext, get_method
-from letkd.utils import atomic_write_text, sha256_file
+from letkd.engine.checkpoint import CheckpointError
+from letkd.engine.loaders import build_test_loader, build_train_loader
+from letkd.engine.rundir import LAST, SUMMARY, claim_run_dir, default_run_dir, latest_run_dir
+from letkd.engine.trainer import Trainer, evaluate
+from letkd.utils import atomic_write_text, seed_everything, sha256_file
 
 TEACHER_RUNS = Path("runs") / "teachers"
 #: a teacher whose test accuracy is below this multiple of chance is reported as suspicious
 CHANCE_FACTOR = 2.0
-
-
-def _log(message: str) -> None:
-    if dist_utils.current_info().is_main:
-        print(message, file=sys.stderr, flush=True)
 
 
 def teacher_run_dir(teacher_cfg: RunConfig, base: Path = TEACHER_RUNS) -> Path:
@@ -41,7 +49,7 @@ def teacher_run_dir(teacher_cfg: RunConfig, base: Path = TEACHER_RUNS) -> Path:
     return base / f"{teacher_cfg.name}-{digest}"
 
 
-def ensure_teacher_checkpoint(cfg: RunConfig, device: str | None) -> str | None:
+def ensure_teacher_checkpoint(cfg: RunConfig, device: torch.device) -> str | None:
     """The teacher checkpoint path: the configured file, or one trained now (or earlier) from
     ``teacher.train_config``. None when the config asks for an untrained teacher (tests only)."""
     tcfg = cfg.teacher
@@ -71,24 +79,12 @@ def ensure_teacher_checkpoint(cfg: RunConfig, device: str | None) -> str | None:
         f"teacher: training {tcfg.name} from {tcfg.train_config} into {folder}"
         + (" (resuming)" if resume else "")
     )
-    result = train_from_config(teacher_cfg, run_dir=folder, resume=resume, device=device)
+    result = _run(teacher_cfg, folder, resume, device, overwrite=not resume)  # our own folder
     if result.get("status") != "completed":
         raise RuntimeError(
             f"teacher training did not complete: {result.get('status')} ({result.get('error')})"
         )
     return str(folder / LAST)
-
-
-def build_teacher(cfg: RunConfig, num_classes: int, checkpoint: str | None) -> nn.Module:
-    """The teacher from the zoo, loaded strictly from ``checkpoint`` (RepDistiller files accepted)."""
-    from letkd.models import create_model, load_weights
-
-    tcfg = cfg.teacher
-    assert tcfg is not None
-    teacher = create_model(tcfg.name, tcfg.num_classes or num_classes, **tcfg.kwargs)
-    if checkpoint is not None:
-        load_weights(teacher, checkpoint)
-    return teacher.eval().requires_grad_(False)
 
 
 def teacher_accuracy(
@@ -121,68 +117,6 @@ def teacher_accuracy(
     return result
 
 
-def build_run_artifact(
-    cfg: RunConfig,
-    spec: Any,
-    teacher: nn.Module,
-    checkpoint: str | None,
-    num_classes: int,
-    device: torch.device | str | None,
-    progress: bool,
-) -> Any:
-    """The supervision artefact of ``spec`` for this run (cached or fitted on the run's training subset)."""
-    from letkd.supervision import build_artifact
-
-    assert cfg.teacher is not None
-    return build_artifact(
-        spec,
-        teacher,
-        cfg.teacher.name,
-        checkpoint,
-        cfg.data.name,
-        cfg.data.root,
-        cfg.supervision,
-        device,
-        num_classes,
-        progress=progress,
-        teacher_seed=cfg.seed,
-        train_subset=cfg.data.train_subset,
-        subset_seed=cfg.seed,
-    )
-
-
-def build_all_supervision(
-    cfg: RunConfig, teacher: nn.Module, checkpoint: str | None, num_classes: int, device: torch.device
-) -> list[nn.Module | None] | None:
-    """One supervision module per entry of ``method.params.layers`` (None for methods without layers).
-
-    Built on rank 0 first (fit or cache), then loaded from the cache by the other ranks.
-    """
-    from letkd.supervision import specs_from_config
-
-    specs = specs_from_config(cfg)
-    if not specs:
-        return None
-    assert cfg.teacher is not None
-    info = dist_utils.current_info()
-    modules: list[nn.Module | None] = []
-    for rank_turn in [0, 1] if info.enabled else [0]:
-        if (rank_turn == 0) != info.is_main:
-            dist_utils.barrier()
-            continue
-        modules = []
-        for spec in specs:
-            found = build_run_artifact(
-                cfg, spec, teacher, checkpoint, num_classes, device, cfg.train.progress and info.is_main
-            )
-            state = "cached" if found.cached else "fitted"
-            _log(f"supervision: {spec.kind} at teacher {spec.teacher_tap!r} ({state}) → {found.path}")
-            modules.append(found.module.to(device))
-        if info.enabled and rank_turn == 0:
-            dist_utils.barrier()
-    return modules
-
-
 def _update_summary(run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     path = run_dir / SUMMARY
     summary = json.loads(path.read_text()) if path.is_file() else {}
@@ -192,62 +126,141 @@ def _update_summary(run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def run_pipeline(
-    cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False, device: str | None = None
-) -> dict[str, Any]:
-    """Run ``cfg`` end to end and return the student run's summary (also in ``summary.json``).
+def resolve_run_dir(cfg: RunConfig, run_dir: str | Path | None, resume: bool) -> Path:
+    """The run folder: ``run_dir`` if given; on resume the newest run of this config; else a new
+    ``runs/<name>/<timestamp>``. Decided on rank 0 and shared with the other ranks."""
+    if run_dir is not None:
+        return Path(run_dir)
+    chosen: Path | None = None
+    if dist_utils.current_info().is_main:
+        chosen = latest_run_dir(cfg) if resume else default_run_dir(cfg)
+    chosen = dist_utils.broadcast_object(chosen)
+    if chosen is None:
+        raise CheckpointError(f"cannot resume: no run of {cfg.name!r} with a last.pt under runs/; pass --out")
+    return Path(chosen)
 
-    Without a ``teacher`` section this is plain training (``letkd train``).
+
+def teacher_stage(
+    cfg: RunConfig, num_classes: int, device: torch.device
+) -> tuple[nn.Module, str | None, float | None]:
+    """The frozen teacher (loaded, or trained first), its checkpoint and its test top-1 (if checked).
+
+    An untrained teacher (no checkpoint; tests only) is initialised from ``cfg.seed``, as ``letkd fit``
+    initialises it, so both find the same cached supervision.
     """
-    method_cls = get_method(cfg.method.name)
-    if cfg.teacher is None:
-        if method_cls.requires_teacher:
-            raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
-        return train_from_config(cfg, run_dir=run_dir, resume=resume, device=device)
-    method_cls.parse_params(cfg.method.params)  # fail on bad params before any expensive stage
-    already = torch.distributed.is_available() and torch.distributed.is_initialized()
-    _, dev = dist_utils.init_distributed(device or cfg.train.device)
-    try:
-        num_classes = resolve_num_classes(cfg)
-        checkpoint = ensure_teacher_checkpoint(cfg, device)
-        teacher = build_teacher(cfg, num_classes, checkpoint)
-        teacher_top1 = None
-        if cfg.teacher.check_accuracy:
-            acc = teacher_accuracy(cfg, teacher, dev, checkpoint)
-            teacher_top1 = acc["top1"]
-            _log(f"teacher {cfg.teacher.name}: test top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%")
-            if checkpoint is not None and acc["top1"] < CHANCE_FACTOR * 100.0 / num_classes:
-                _log(
-                    f"WARNING: the teacher is close to chance ({100.0 / num_classes:.1f}%): "
-                    "is this the right checkpoint for this dataset?"
-                )
-        supervision = build_all_supervision(cfg, teacher, checkpoint, num_classes, dev)
-
-        def factory(run_cfg: RunConfig, student: nn.Module, _device: torch.device) -> Distiller:
-            from letkd.data import dataset_info
-
-            size = dataset_info(run_cfg.data.name).image_size
-            input_size = (
-                tuple(size) if isinstance(size, (tuple, list)) and len(size) == 3 else (3, size, size)
-            )
-            context = MethodContext(
-                num_classes=num_classes,
-                input_size=input_size,
-                epochs=run_cfg.train.epochs,
-                supervision=supervision,
-                compile_teacher=run_cfg.teacher.compile if run_cfg.teacher else False,
-                teacher_channels_last=run_cfg.teacher.channels_last if run_cfg.teacher else False,
-                fold_teacher_batchnorm=run_cfg.teacher.fold_batchnorm if run_cfg.teacher else False,
-            )
-            return method_cls.from_config(student, teacher.to(_device), run_cfg.method.params, context)
-
-        summary = train_from_config(
-            cfg, run_dir=run_dir, resume=resume, device=device, distiller_factory=factory
+    assert cfg.teacher is not None
+    checkpoint = ensure_teacher_checkpoint(cfg, device)
+    seed_everything(cfg.seed)
+    teacher = build_teacher(cfg, num_classes, checkpoint)
+    if not cfg.teacher.check_accuracy:
+        return teacher, checkpoint, None
+    acc = teacher_accuracy(cfg, teacher, device, checkpoint)
+    _log(f"teacher {cfg.teacher.name}: test top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%")
+    if checkpoint is not None and acc["top1"] < CHANCE_FACTOR * 100.0 / num_classes:
+        _log(
+            f"WARNING: the teacher is close to chance ({100.0 / num_classes:.1f}%): "
+            "is this the right checkpoint for this dataset?"
         )
-        extra = {"teacher": cfg.teacher.name, "teacher_top1": teacher_top1, "teacher_checkpoint": checkpoint}
-        if summary.get("run_dir"):
-            summary = _update_summary(Path(summary["run_dir"]), extra)
-        return summary
+    return teacher, checkpoint, acc["top1"]
+
+
+def _run(
+    cfg: RunConfig, run_dir: str | Path | None, resume: bool, device: torch.device, overwrite: bool = False
+) -> dict[str, Any]:
+    """One run in an already initialised process (group): build everything, train, summarise.
+
+    The run folder is claimed (:func:`letkd.engine.rundir.claim_run_dir`) before anything expensive.
+    """
+    if resume and run_dir is not None and not (Path(run_dir) / LAST).is_file():
+        raise CheckpointError(f"cannot resume: no checkpoint at {Path(run_dir) / LAST}")
+    method_cls, params = method_and_params(cfg)  # bad params fail before any expensive stage
+    if cfg.teacher is None and method_cls.requires_teacher:
+        raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
+    folder = resolve_run_dir(cfg, run_dir, resume)
+    info = dist_utils.current_info()
+    claim = claim_run_dir(folder, resume, overwrite) if info.is_main else contextlib.nullcontext(folder)
+    with claim:
+        return _build_and_train(cfg, folder, resume, device, method_cls, params)
+
+
+def _build_and_train(
+    cfg: RunConfig, folder: Path, resume: bool, device: torch.device, method_cls: Any, params: Any
+) -> dict[str, Any]:
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.num_classes = num_classes = resolve_num_classes(cfg)
+    teacher, supervision, teacher_info = None, None, {}
+    if cfg.teacher is not None:
+        teacher, checkpoint, top1 = teacher_stage(cfg, num_classes, device)
+        specs = method_cls.supervision_specs(params)
+        if specs:
+            supervision = build_supervision(cfg, specs, teacher, checkpoint, num_classes, device)
+        teacher = teacher.to(device)
+        teacher_info = {"teacher": cfg.teacher.name, "teacher_top1": top1, "teacher_checkpoint": checkpoint}
+    if cfg.train.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    seed_everything(cfg.seed, cfg.train.deterministic)
+    train_set, test_set = build_datasets(cfg)
+    student = build_student(cfg, num_classes)
+    distiller = build_distiller(
+        cfg, student, teacher, supervision, num_classes, input_size_of(test_set), len(train_set)
+    )
+    info = dist_utils.current_info()
+    trainer = Trainer(
+        distiller,
+        cfg,
+        folder,
+        build_train_loader(train_set, cfg, info, device),
+        build_test_loader(test_set, cfg, info, device),
+        device,
+    )
+    if resume:
+        trainer.resume()
+    summary = trainer.fit()
+    if teacher_info and summary.get("run_dir"):
+        summary = _update_summary(Path(summary["run_dir"]), teacher_info)
+    return summary
+
+
+def run_pipeline(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Run ``cfg`` end to end and return the run's summary (also in ``summary.json``).
+
+    Under ``torchrun`` the process joins the group (and leaves it at the end if it joined). ``resume``
+    continues from ``run_dir/last.pt`` (without ``run_dir``: the newest run of this config) and fails with
+    :class:`CheckpointError` if that is missing or corrupt. A fresh run refuses a folder that holds a run
+    unless ``overwrite`` (:class:`letkd.engine.rundir.RunFolderError`). Without a ``teacher`` section this
+    is plain training (``letkd train``).
+    """
+    already = torch.distributed.is_available() and torch.distributed.is_initialized()
+    deterministic_before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    _, dev = dist_utils.init_distributed(str(device) if device is not None else cfg.train.device)
+    try:
+        return _run(cfg, run_dir, resume, dev, overwrite)
     finally:
+        torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
         if not already:
             dist_utils.cleanup()
+
+
+def train_from_config(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """``letkd train``: :func:`run_pipeline` for a config without a teacher (a model trained on its own)."""
+    if cfg.teacher is not None:
+        raise ConfigError(
+            f"method {cfg.method.name!r} with a teacher is run by 'letkd run' (the full pipeline); "
+            "'letkd train' trains a model on its own (method: vanilla)"
+        )
+    return run_pipeline(cfg, run_dir=run_dir, resume=resume, device=device, overwrite=overwrite)

@@ -1,4 +1,8 @@
-"""Read the outputs of named modules of an unmodified model through forward hooks (teacher taps).
+"""Taps: named points of an unmodified model — the one resolver, forward-hook readers, the one shape probe.
+
+:func:`resolve_tap` turns a tap name (``"penultimate"``, from the architecture's table in
+:mod:`letkd.models.tap_names`) or a module path into a module path; :class:`FeatureTaps` reads the outputs
+of such modules through forward hooks; :func:`probe_shapes` runs one dummy forward to learn their shapes.
 
 ::
 
@@ -20,20 +24,23 @@ Choices:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from letkd.models.tap_names import TapInferenceError, get_taps, sample_paths
 
 
 class TapError(RuntimeError):
     """Raised when a tap cannot deliver the requested feature (not called, called twice, changed in place)."""
 
 
-class UnknownTapPathError(KeyError, ValueError):
-    """Raised for a tap that is neither a module path of the model nor a known tap name."""
+class UnknownTapError(KeyError, ValueError):
+    """Raised for a tap that is neither a module path of the model nor one of its tap names."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
@@ -43,30 +50,32 @@ class _StopForward(Exception):
     """Raised by a tap hook once every wanted feature is recorded, to end the forward pass early."""
 
 
-def resolve_tap_path(model: nn.Module, tap: str) -> str:
-    """Module path for ``tap``: a module path of ``model`` or a tap name such as ``"penultimate"``."""
-    try:
-        model.get_submodule(tap)
-        return tap
-    except AttributeError:
-        pass
-    tap_names: list[str] = []
-    try:
-        from letkd.models import get_taps
+def resolve_tap(model: nn.Module, tap: str) -> str:
+    """Module path of ``tap`` on ``model``: a module path (``"layer3.0"``) or a tap name (``"penultimate"``).
 
+    The one resolver of the package (taps, grafts, supervision, methods). A module path wins over a tap
+    name of the same spelling; the model itself (``""``) is not a tap. Unknown taps raise
+    :class:`UnknownTapError` listing close matches, the model's tap names and some module paths.
+    """
+    if tap:
+        try:
+            model.get_submodule(tap)
+            return tap
+        except AttributeError:
+            pass
+    try:
         names = get_taps(model)
-        tap_names = list(names)
-        if tap in names:
-            return names[tap]
-    except (ImportError, ValueError, KeyError):
-        pass
+    except TapInferenceError:
+        names = {}
+    if tap in names:
+        return names[tap]
     paths = [name for name, _ in model.named_modules() if name]
-    close = difflib.get_close_matches(tap, paths + tap_names, n=8, cutoff=0.5)
-    listing = ", ".join(close) if close else ", ".join(paths[:40]) + (" …" if len(paths) > 40 else "")
-    kind = "close matches" if close else "valid module paths"
-    names_hint = f"; tap names: {', '.join(tap_names)}" if tap_names else ""
-    raise UnknownTapPathError(
-        f"{tap!r} is not a module of {type(model).__name__}; {kind}: {listing}{names_hint}"
+    close = difflib.get_close_matches(tap, paths + list(names), n=8, cutoff=0.5) if tap else []
+    hint = f"close matches: {', '.join(close)}; " if close else ""
+    raise UnknownTapError(
+        f"{tap!r} is neither a tap name nor a module path of {type(model).__name__}; {hint}"
+        f"tap names: {', '.join(sorted(names)) or '(none known for this model)'}; "
+        f"valid module paths include: {', '.join(sample_paths(model))}"
     )
 
 
@@ -75,8 +84,8 @@ class FeatureTaps:
 
     Args:
         model: the network to read from (e.g. a teacher in eval mode).
-        taps: module paths (``"layer3.0"``) or tap names known to :func:`letkd.models.get_taps`; the result
-            dict uses them as keys.
+        taps: module paths (``"layer3.0"``) or tap names (:func:`resolve_tap`); the result dict uses them
+            as keys.
         stop_after_last: end the forward pass as soon as every tap has fired (``taps(x)`` catches it), so a
             teacher runs only as far as needed. ``taps.output`` is then ``None``.
         which_call: which call of a module to keep when it runs several times per forward: an int for all
@@ -103,7 +112,7 @@ class FeatureTaps:
         self.model = model
         self.stop_after_last = stop_after_last
         self.clone = clone
-        self.paths: dict[str, str] = {tap: resolve_tap_path(model, tap) for tap in taps}
+        self.paths: dict[str, str] = {tap: resolve_tap(model, tap) for tap in taps}
         calls = which_call if isinstance(which_call, Mapping) else dict.fromkeys(self.paths, which_call)
         unknown = set(calls) - set(self.paths)
         if unknown:
@@ -121,6 +130,7 @@ class FeatureTaps:
         self._versions: dict[str, int] = {}
         self._calls: dict[str, int] = {}
         self._depth = 0
+        self.paused = False  # True: forward passes of the model record nothing (see :meth:`pause`)
         self._handles = [
             model.register_forward_pre_hook(self._start),
             model.register_forward_hook(self._finish, always_call=True),
@@ -143,7 +153,7 @@ class FeatureTaps:
 
     def _make_hook(self, path: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if self._depth == 0:  # the module was called on its own, not within a forward of the model
+            if self._depth == 0 or self.paused:  # called on its own, or recording paused
                 return
             call = self._calls.get(path, 0)
             self._calls[path] = call + 1
@@ -195,6 +205,15 @@ class FeatureTaps:
                 )
         return {tap: self._captured[path] for tap, path in self.paths.items()}
 
+    @contextlib.contextmanager
+    def pause(self) -> Iterator[None]:
+        """Within the block, forward passes of the model run without recording (or stopping early)."""
+        before, self.paused = self.paused, True
+        try:
+            yield
+        finally:
+            self.paused = before
+
     # -- lifetime ------------------------------------------------------------------------------------------
 
     def remove(self) -> None:
@@ -212,3 +231,59 @@ class FeatureTaps:
 
     def __repr__(self) -> str:
         return f"FeatureTaps({self.paths}, stop_after_last={self.stop_after_last})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the one shape probe
+
+
+def dummy_input(model: nn.Module, input_size: Sequence[int], batch_size: int = 2) -> torch.Tensor:
+    """Zeros ``(batch_size, *input_size)`` on the device and floating dtype of ``model``'s parameters."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return torch.zeros(batch_size, *input_size, device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``model`` in eval mode; its train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def probe_shapes(
+    model: nn.Module, taps: Sequence[str], input_size: Sequence[int] = (3, 32, 32)
+) -> dict[str, tuple[int, ...]]:
+    """``{tap: output shape without the batch dimension}`` for a dummy input of one image ``input_size``.
+
+    One eval-mode forward (the mode is restored) that stops after the deepest tap. Unknown taps raise
+    :class:`UnknownTapError`; a forward that fails on the input raises :class:`TapError`.
+    """
+    taps = list(dict.fromkeys(taps))
+    with eval_mode(model), FeatureTaps(model, taps, stop_after_last=True) as reader:
+        try:
+            store = reader(dummy_input(model, input_size))
+        except (RuntimeError, ValueError) as exc:
+            if isinstance(exc, TapError):
+                raise
+            raise TapError(
+                f"cannot read taps {taps} of {type(model).__name__} on a {tuple(input_size)} input: {exc}"
+            ) from None
+    first = {tap: out[0] if isinstance(out, (tuple, list)) else out for tap, out in store.items()}
+    return {tap: tuple(first[tap].shape[1:]) for tap in taps}
+
+
+def feature_shape(
+    model: nn.Module, tap: str, input_size: Sequence[int] = (3, 32, 32)
+) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the output of ``tap`` (name or path) for one input of shape ``input_size``."""
+    shape = probe_shapes(model, [tap], input_size)[tap]
+    if len(shape) != 3:
+        raise TapError(f"tap {tap!r} outputs shape {shape} per image, not a (C, H, W) map")
+    return shape  # type: ignore[return-value]

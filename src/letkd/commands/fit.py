@@ -7,13 +7,15 @@ import sys
 import time
 
 EPILOG = """\
-The config's method lists its KD layers in method.params.layers; every entry with
-kind: codebook (K-means visual words, letKD-1/QuEST) or kind: subclass (LDA + per-class
-sub-classes, letKD-2) is fitted on the teacher's features over the training split (test
-transform, no augmentation) and saved to supervision.cache_dir. Artefacts already in the
-cache are reused ("cached"). Relevant settings: supervision.kmeans_iters, supervision.seed,
-supervision.max_rows (cap on the rows K-means trains on; default: faiss's K*256 subsample),
-supervision.extract_batch_size, supervision.cache_dir.
+The config's method says which supervision it needs (letKD and QuEST: one artefact per
+entry of method.params.layers): kind: codebook (K-means visual words, letKD-1/QuEST) or
+kind: subclass (LDA + per-class sub-classes, letKD-2). Each is fitted on the teacher's
+features over the training split (test transform, no augmentation) and saved to
+supervision.cache_dir. Artefacts already in the cache are reused ("cached").
+Relevant settings: supervision.kmeans_iters, supervision.seed, supervision.max_rows (rows
+K-means trains on; unset: a seeded sample of K*256 rows, for speed; >= the number of rows:
+all of them, as the paper does and as the paper configs set), supervision.extract_batch_size,
+supervision.cache_dir. Each fit prints which of the two it used.
 
 examples:
   letkd fit configs/cifar100/resnet56_resnet20/letkd2.yaml
@@ -47,34 +49,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd fit``: returns the exit status."""
+    from letkd.build import supervision_specs
     from letkd.config import ConfigError, load_config
-    from letkd.supervision.spec import specs_from_config
 
     try:
         cfg = load_config(args.config, args.overrides)
-        specs = specs_from_config(cfg)
+        specs = supervision_specs(cfg)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     if not specs:
-        print(f"method {cfg.method.name!r} needs no teacher supervision (no method.params.layers entries)")
+        print(f"method {cfg.method.name!r} needs no teacher supervision")
         return 0
     if cfg.teacher is None:
         print("the config has no teacher section; supervision is fitted on a teacher", file=sys.stderr)
         return 2
+    from letkd.build import build_teacher, resolve_num_classes, supervision_artifact
     from letkd.data import DatasetNotFoundError
-    from letkd.models import CheckpointError, UnknownTapError
-    from letkd.pipeline import build_run_artifact, ensure_teacher_checkpoint
+    from letkd.engine.distributed import select_device
+    from letkd.models import CheckpointError
+    from letkd.pipeline import ensure_teacher_checkpoint
     from letkd.supervision.store import ArtifactMismatchError
+    from letkd.taps import UnknownTapError
+    from letkd.utils import seed_everything
 
-    device = args.device or cfg.train.device
+    device = select_device(args.device or cfg.train.device)
     progress = not args.no_progress
     try:
-        checkpoint = ensure_teacher_checkpoint(cfg, args.device)  # trains it first if the config says so
-        teacher, num_classes = _load_teacher(cfg, checkpoint)
+        checkpoint = ensure_teacher_checkpoint(cfg, device)  # trains it first if the config says so
+        num_classes = resolve_num_classes(cfg)
+        seed_everything(cfg.seed)  # an untrained teacher is initialised as `letkd run` initialises it
+        teacher = build_teacher(cfg, num_classes, checkpoint)
         for spec in specs:
             t0 = time.perf_counter()
-            found = build_run_artifact(cfg, spec, teacher, checkpoint, num_classes, device, progress)
+            found = supervision_artifact(cfg, spec, teacher, checkpoint, num_classes, device, progress)
             print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
     except (
         ConfigError,
@@ -86,18 +94,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"letkd fit: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _load_teacher(cfg, checkpoint: str | None):
-    """The config's teacher and class count, built as ``letkd run`` builds them (so that the artefacts
-    fitted here are the ones a run looks up); an untrained teacher is initialised from ``cfg.seed``."""
-    from letkd.engine.build import resolve_num_classes
-    from letkd.pipeline import build_teacher
-    from letkd.utils import seed_everything
-
-    num_classes = resolve_num_classes(cfg)
-    seed_everything(cfg.seed)
-    return build_teacher(cfg, num_classes, checkpoint), num_classes
 
 
 def summary_line(spec, meta: dict, path, cached: bool, seconds: float) -> str:

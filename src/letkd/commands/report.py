@@ -10,6 +10,7 @@ examples:
   letkd report runs/                          # every run folder below runs/
   letkd report runs/cifar100-resnet56_resnet20-letkd2 runs/cifar100-resnet56_resnet20-kd --out results
   letkd report runs/ --include-unfinished     # also runs still training (from metrics.jsonl)
+  letkd report sweeps/table1 --layout pairs   # the paper's Table 1 layout beside the published numbers
 
 A run folder holds config.yaml, metrics.jsonl and summary.json (as written by 'letkd train' and
 'letkd run'). Runs whose configs differ only by seed (and by paths, device or worker settings) form one
@@ -18,6 +19,11 @@ the parameters the method adds, and seconds per epoch. Methods are labelled letk
 number of KD layers. Writes DIR/report.md, DIR/report.csv and DIR/accuracy.png (test top-1 per epoch,
 mean over seeds) and prints the table. Folders that cannot be used (missing or corrupt files, diverged
 or unfinished runs) are listed with the reason on stderr and in report.md.
+
+--layout pairs lays the groups out as the paper's tables: methods as rows (Teacher, Student, KD, ...,
+letKD-1, letKD-2), teacher->student pairs as columns (RN56->RN20, ...), our mean ± std over seeds (n runs)
+beside the published number and the difference, best-epoch and last-epoch tables; it also writes
+DIR/pairs.md and DIR/pairs.csv and prints those tables instead of the group table.
 """
 
 
@@ -40,13 +46,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="also use runs without summary.json or not completed (best/last from metrics.jsonl)",
     )
+    p.add_argument(
+        "--layout",
+        choices=("groups", "pairs"),
+        default="groups",
+        help="groups: one line per configuration (default); pairs: the paper's tables (methods x "
+        "teacher->student pairs) beside the published numbers, also written to pairs.md / pairs.csv",
+    )
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd report``; returns 1 if no usable run folder is found."""
-    from letkd.report import ReportError, SkippedRun, collect_runs, summarize, to_markdown, write_outputs
+    from letkd.report import (
+        ReportError,
+        SkippedRun,
+        collect_runs,
+        paper_tables,
+        summarize,
+        tables_markdown,
+        to_markdown,
+        write_outputs,
+        write_paper_tables,
+    )
 
     skipped: list[SkippedRun] = []
     try:
@@ -61,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     rows = summarize(records)
     written = write_outputs(rows, args.out, skipped)
-    print(to_markdown(rows), end="")
+    if args.layout == "pairs":
+        tables = paper_tables(records)
+        written.update(write_paper_tables(tables, args.out))
+        print(tables_markdown(tables), end="")
+    else:
+        print(to_markdown(rows), end="")
     runs = f"{len(records)} run{'s' * (len(records) != 1)}"
     groups = f"{len(rows)} group{'s' * (len(rows) != 1)}"
     print(f"\n{runs} in {groups}; wrote " + ", ".join(str(p) for p in written.values()))

@@ -34,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>/<timestamp>)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (its files are removed)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the student run from last.pt")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, mps (default: train.device, 'auto')")
     p.set_defaults(func=handle)
@@ -49,7 +52,9 @@ def handle(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        summary = run_pipeline(cfg, run_dir=args.out, resume=args.resume, device=args.device)
+        summary = run_pipeline(
+            cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
+        )
     except (ConfigError, CheckpointError, WeightsError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

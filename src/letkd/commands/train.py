@@ -19,22 +19,6 @@ this config); a missing or corrupt checkpoint is an error.
 """
 
 
-class IntermixedArgumentParser(argparse.ArgumentParser):
-    """Accepts positionals after options (``CONFIG --out DIR key=value``), which plain argparse rejects."""
-
-    _parsing = False
-
-    def parse_known_args(self, args=None, namespace=None):
-        """Parse with :meth:`parse_known_intermixed_args` (which calls this method again: hence the guard)."""
-        if self._parsing:
-            return super().parse_known_args(args, namespace)
-        self._parsing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._parsing = False
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``letkd train``."""
     p = subparsers.add_parser(
@@ -44,10 +28,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.__class__ = IntermixedArgumentParser  # the sub-parser is created by the dispatcher's parser class
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>/<timestamp>)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (its files are removed)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from last.pt in the run folder")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, mps (default: train.device, 'auto')")
     p.set_defaults(func=run)
@@ -57,11 +43,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd train``; returns the exit status (1 for a config/checkpoint error or divergence)."""
     from letkd.config import ConfigError, load_config
-    from letkd.engine import CheckpointError, NonFiniteLossError, train_from_config
+    from letkd.engine import CheckpointError, NonFiniteLossError
+    from letkd.pipeline import train_from_config
 
     try:
         cfg = load_config(args.config, args.overrides)
-        summary = train_from_config(cfg, run_dir=args.out, resume=args.resume, device=args.device)
+        summary = train_from_config(
+            cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
+        )
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

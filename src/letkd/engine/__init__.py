@@ -1,6 +1,5 @@
 """Training engine: the trainer, LR schedules, checkpoints, metrics, loaders and DDP helpers."""
 
-from letkd.engine.build import build_datasets, build_student, default_distiller, train_from_config
 from letkd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from letkd.engine.distributed import DistInfo, init_distributed, select_device
 from letkd.engine.loaders import auto_num_workers, build_test_loader, build_train_loader
@@ -17,12 +16,9 @@ __all__ = [
     "SumMeter",
     "Trainer",
     "auto_num_workers",
-    "build_datasets",
     "build_optimizer",
-    "build_student",
     "build_test_loader",
     "build_train_loader",
-    "default_distiller",
     "default_run_dir",
     "evaluate",
     "init_distributed",
@@ -32,5 +28,4 @@ __all__ = [
     "select_device",
     "set_lr",
     "topk_correct",
-    "train_from_config",
 ]

@@ -8,13 +8,19 @@ Layout::
         tb/              TensorBoard event files
         last.pt best.pt  checkpoints (see letkd.engine.checkpoint)
         summary.json     written when the run ends
+        .lock            held by the process running in the folder (see claim_run_dir)
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,58 @@ BEST = "best.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
+TENSORBOARD = "tb"
+LOCK = ".lock"
+#: what a run writes into its folder (a folder holding any of them holds a run)
+RUN_FILES = (CONFIG, METRICS, SUMMARY, LAST, BEST, TENSORBOARD)
+
+
+class RunFolderError(RuntimeError):
+    """A run folder cannot be used: it holds a run, another process runs in it, or it is not writable."""
+
+
+@contextlib.contextmanager
+def claim_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Iterator[Path]:
+    """Hold an exclusive lock on the run folder ``path`` for the block (created if needed).
+
+    A fresh run (not ``resume``) refuses a folder that already holds a run unless ``overwrite``, which
+    removes that run's files (:data:`RUN_FILES`, nothing else) first. A second process claiming the same
+    folder is refused at once. Raises :class:`RunFolderError` with what to do.
+    """
+    import fcntl
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise RunFolderError(f"cannot write the run folder {path}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise RunFolderError(
+                f"another process (pid {holder}) is running in {path}; wait for it to finish, or choose "
+                "another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        existing = [name for name in RUN_FILES if (path / name).exists()]
+        if existing and not resume:
+            if not overwrite:
+                raise RunFolderError(
+                    f"{path} already holds a run ({', '.join(existing)}): pass --resume to continue it, "
+                    "--overwrite to replace it, or choose another --out"
+                )
+            for name in existing:
+                target = path / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def default_run_dir(cfg: RunConfig, base: str | Path = "runs") -> Path:
@@ -78,7 +136,7 @@ class RunLogger:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+        self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD), purge_step=purge_step)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         """Append one epoch's metrics to ``metrics.jsonl`` and TensorBoard (step = epoch)."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
-from letkd.methods.features import paired_taps, student_features, teacher_features
+from letkd.methods.features import paired_taps, student_features
 from letkd.methods.losses import at_loss
 
 
@@ -33,17 +33,16 @@ class AT(Distiller):
         ce_weight: float = Field(1.0, ge=0)
 
     def __init__(self, student, teacher, params: Params | None = None, context: MethodContext | None = None):
-        super().__init__(student, teacher)
-        self.params = params = params or self.Params()
-        input_size = context.input_size if context is not None else (3, 32, 32)
+        super().__init__(student, teacher, params, context)
+        p = self.params
         self.student_paths, self.teacher_paths = paired_taps(
-            student, teacher, params.student_taps, params.teacher_taps, "all", input_size
+            student, self.teacher, p.student_taps, p.teacher_taps, "all", self.context.input_size
         )
 
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
         logits, feats = student_features(self.student, self.student_paths, images)
-        targets = teacher_features(self.teacher, self.teacher_paths, images)
+        targets = self.teacher.features(images)
         p = self.params
         loss = sum(at_loss(feats[s], targets[t], p.p) for s, t in zip(self.student_paths, self.teacher_paths))
         return logits, {"loss_ce": p.ce_weight * F.cross_entropy(logits, labels), "loss_kd": p.weight * loss}

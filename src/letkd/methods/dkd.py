@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
+from letkd.methods.base import Distiller, MethodParams, register_method
 from letkd.methods.losses import dkd_loss
 
 
@@ -24,7 +24,6 @@ class DKD(Distiller):
     """Decoupled target / non-target logit distillation with a warm-up of the KD term."""
 
     requires_teacher = True
-    uses_teacher_logits_only = True
 
     class Params(MethodParams):
         """``method.params`` of ``dkd``."""
@@ -35,10 +34,6 @@ class DKD(Distiller):
         ce_weight: float = Field(1.0, ge=0)
         warmup: int = Field(20, ge=0, description="epochs of linear warm-up of the KD term (0 = none)")
 
-    def __init__(self, student, teacher, params: Params | None = None, context: MethodContext | None = None):
-        super().__init__(student, teacher)
-        self.params = params or self.Params()
-
     def warmup_factor(self) -> float:
         """Weight of the KD term at the current epoch: ``min((epoch + 1) / warmup, 1)``."""
         if self.params.warmup == 0:
@@ -48,7 +43,7 @@ class DKD(Distiller):
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
         logits = self.student(images)
-        logits_teacher = self.run_teacher(images)
+        logits_teacher = self.teacher.logits(images)
         p = self.params
         loss_kd = dkd_loss(logits, logits_teacher, labels, p.alpha, p.beta, p.temperature)
         return logits, {

@@ -1,5 +1,9 @@
-"""Feature reading shared by the methods: teacher taps (no grad, early stop), student taps (with grad),
-2×2 pooling of teacher maps, and the start-up shape checks that turn a tap mismatch into a clear message.
+"""Feature helpers shared by the methods: tap lists as config errors, student taps (with grad), 2×2 pooling
+of teacher maps, and the start-up shape checks that turn a tap mismatch into a clear message.
+
+Teacher features are read through :class:`letkd.teacher.FrozenTeacher`; taps are resolved by
+:func:`letkd.taps.resolve_tap` and shapes probed by :func:`letkd.taps.probe_shapes` — the helpers here
+only turn their errors into :class:`~letkd.config.ConfigError` naming the role (student or teacher).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from letkd.config import ConfigError
-from letkd.models import feature_stages, resolve_tap
-from letkd.taps import FeatureTaps
+from letkd.models import feature_stages
+from letkd.taps import FeatureTaps, TapError, UnknownTapError, probe_shapes, resolve_tap
+from letkd.teacher import FrozenTeacher
 
 
 def pool2x2(feature: torch.Tensor) -> torch.Tensor:
@@ -21,13 +26,20 @@ def pool2x2(feature: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(feature, kernel_size=2, stride=2)
 
 
-def resolve_taps(model: nn.Module, taps: Sequence[str], role: str) -> list[str]:
-    """Module paths of tap names/paths on ``model``; unknown ones raise :class:`ConfigError`."""
+def _network(model: nn.Module | FrozenTeacher) -> nn.Module:
+    return model.module if isinstance(model, FrozenTeacher) else model
+
+
+def resolve_taps(model: nn.Module | FrozenTeacher, taps: Sequence[str], role: str) -> list[str]:
+    """Module paths of tap names/paths; on a :class:`FrozenTeacher` they are declared as its taps.
+
+    Unknown taps raise :class:`ConfigError` naming ``role``.
+    """
     paths = []
     for tap in taps:
         try:
-            paths.append(resolve_tap(model, tap))
-        except (KeyError, ValueError) as exc:
+            paths += model.add_taps([tap]) if isinstance(model, FrozenTeacher) else [resolve_tap(model, tap)]
+        except UnknownTapError as exc:
             raise ConfigError(f"{role} tap {tap!r}: {exc}") from None
     return paths
 
@@ -43,67 +55,46 @@ def default_stage_taps(model: nn.Module, which: Literal["all", "last"], role: st
     return stages if which == "all" else stages[-1:]
 
 
+def tap_shapes(
+    model: nn.Module | FrozenTeacher, paths: Sequence[str], input_size: Sequence[int], role: str
+) -> list[tuple[int, int, int]]:
+    """``(C, H, W)`` at each path (one dummy forward); :class:`ConfigError` if a tap is not such a map."""
+    network = _network(model)
+    try:
+        shapes = probe_shapes(network, paths, input_size)
+    except (TapError, UnknownTapError) as exc:
+        raise ConfigError(f"{role}: {exc}") from None
+    for path in paths:
+        if len(shapes[path]) != 3:
+            raise ConfigError(f"{role} tap {path!r} outputs {shapes[path]}, not a (C, H, W) feature map")
+    return [shapes[p] for p in paths]  # type: ignore[misc]
+
+
 def paired_taps(
     student: nn.Module,
-    teacher: nn.Module,
+    teacher: FrozenTeacher,
     student_taps: Sequence[str] | None,
     teacher_taps: Sequence[str] | None,
     default: Literal["all", "last"],
-    input_size: tuple[int, int, int],
+    input_size: Sequence[int],
 ) -> tuple[list[str], list[str]]:
     """Resolve matched lists of student and teacher taps (``None`` = the networks' stages, ``default``).
 
-    Checks with a dummy forward that every tap yields a ``(C, H, W)`` map; raises :class:`ConfigError`
-    when the lists differ in length or a tap is unknown.
+    The teacher's paths are declared as its taps. Checks with a dummy forward that every tap yields a
+    ``(C, H, W)`` map; raises :class:`ConfigError` when the lists differ in length or a tap is unknown.
     """
-    s_paths = (
-        resolve_taps(student, student_taps, "student")
-        if student_taps
-        else default_stage_taps(student, default, "student")
-    )
-    t_paths = (
-        resolve_taps(teacher, teacher_taps, "teacher")
-        if teacher_taps
-        else default_stage_taps(teacher, default, "teacher")
-    )
-    if len(s_paths) != len(t_paths):
+    s_taps = student_taps or default_stage_taps(student, default, "student")
+    t_taps = teacher_taps or default_stage_taps(teacher.module, default, "teacher")
+    if len(s_taps) != len(t_taps):
         raise ConfigError(
-            f"the student taps {s_paths} and the teacher taps {t_paths} must pair up one to one; "
+            f"the student taps {list(s_taps)} and the teacher taps {list(t_taps)} must pair up one to one; "
             "set 'student_taps' and 'teacher_taps' to lists of the same length"
         )
-    for model, paths, role in ((student, s_paths, "student"), (teacher, t_paths, "teacher")):
-        for path, shape in probe_shapes(model, paths, input_size).items():
-            if len(shape) != 3:
-                raise ConfigError(f"{role} tap {path!r} outputs {shape}, not a (C, H, W) feature map")
+    s_paths = resolve_taps(student, s_taps, "student")
+    t_paths = resolve_taps(teacher, t_taps, "teacher")
+    tap_shapes(student, s_paths, input_size, "student")
+    tap_shapes(teacher, t_paths, input_size, "teacher")
     return s_paths, t_paths
-
-
-def teacher_logits(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The teacher's logits ``(B, classes)`` for ``images``, computed under ``torch.inference_mode``.
-
-    Inference mode skips autograd's version and view bookkeeping (the teacher forward of a KD step is
-    about 25% faster than under ``no_grad`` on CPU); the result is cloned out of inference mode so that
-    losses may save it for the student's backward pass.
-    """
-    with torch.inference_mode():
-        logits = teacher(images)
-    return logits.clone()
-
-
-def teacher_features(
-    teacher: nn.Module, paths: Sequence[str], images: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Teacher outputs at ``paths`` (module path -> ``(B, D, H, W)``), under ``torch.inference_mode``.
-
-    The forward stops after the deepest tap; the teacher is expected to be in eval mode. The maps are
-    cloned out of inference mode (see :func:`teacher_logits`).
-    """
-    with (
-        torch.inference_mode(),
-        FeatureTaps(teacher, list(dict.fromkeys(paths)), stop_after_last=True) as taps,
-    ):
-        feats = dict(taps(images))
-    return {path: f.clone() for path, f in feats.items()}
 
 
 def student_features(
@@ -113,26 +104,6 @@ def student_features(
     with FeatureTaps(student, list(dict.fromkeys(paths))) as taps:
         feats = taps(images)
         return taps.output, feats
-
-
-@torch.no_grad()
-def probe_shapes(
-    model: nn.Module, paths: Sequence[str], input_size: tuple[int, int, int], batch_size: int = 2
-) -> dict[str, tuple[int, ...]]:
-    """``(C, H, W)`` at each path for a dummy input of ``input_size`` (eval mode; the mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        images = torch.randn(batch_size, *input_size, device=device)
-        with FeatureTaps(model, list(dict.fromkeys(paths)), stop_after_last=True) as taps:
-            store = taps(images)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"cannot read taps {list(paths)} of {type(model).__name__}: {exc}") from None
-    finally:
-        model.train(was_training)
-    return {p: tuple(store[p].shape[1:]) for p in paths}
 
 
 def check_same_grid(

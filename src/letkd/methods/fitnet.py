@@ -16,7 +16,7 @@ from torch import nn
 
 from letkd.config import ConfigError
 from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
-from letkd.methods.features import probe_shapes, resolve_taps, student_features, teacher_features
+from letkd.methods.features import resolve_taps, student_features, tap_shapes
 
 
 class HintRegressor(nn.Module):
@@ -60,27 +60,25 @@ class FitNet(Distiller):
         ce_weight: float = Field(1.0, ge=0)
 
     def __init__(self, student, teacher, params: Params | None = None, context: MethodContext | None = None):
-        super().__init__(student, teacher)
-        self.params = params = params or self.Params()
-        input_size = context.input_size if context is not None else (3, 32, 32)
-        (self.student_path,) = resolve_taps(student, [params.student_tap], "student")
-        (self.teacher_path,) = resolve_taps(teacher, [params.teacher_tap], "teacher")
-        self.teacher_paths = [self.teacher_path]
-        s_shape = probe_shapes(student, [self.student_path], input_size)[self.student_path]
-        t_shape = probe_shapes(teacher, [self.teacher_path], input_size)[self.teacher_path]
+        super().__init__(student, teacher, params, context)
+        p, input_size = self.params, self.context.input_size
+        (self.student_path,) = resolve_taps(student, [p.student_tap], "student")
+        (self.teacher_path,) = resolve_taps(self.teacher, [p.teacher_tap], "teacher")
+        (s_shape,) = tap_shapes(student, [self.student_path], input_size, "student")
+        (t_shape,) = tap_shapes(self.teacher, [self.teacher_path], input_size, "teacher")
         try:
             self.regressor = HintRegressor(s_shape, t_shape)
         except ValueError as exc:
             raise ConfigError(
-                f"fitnet: student tap {params.student_tap!r} {s_shape} cannot be regressed to teacher tap "
-                f"{params.teacher_tap!r} {t_shape}: {exc}; choose taps where the student grid is at least "
+                f"fitnet: student tap {p.student_tap!r} {s_shape} cannot be regressed to teacher tap "
+                f"{p.teacher_tap!r} {t_shape}: {exc}; choose taps where the student grid is at least "
                 "the teacher's or exactly half of it"
             ) from None
 
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
         logits, feats = student_features(self.student, [self.student_path], images)
-        target = teacher_features(self.teacher, [self.teacher_path], images)[self.teacher_path]
+        target = self.teacher.features(images)[self.teacher_path]
         hint = self.regressor(feats[self.student_path])
         p = self.params
         return logits, {

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
+from letkd.methods.base import Distiller, MethodParams, register_method
 from letkd.methods.losses import kd_loss
 
 
@@ -19,7 +19,6 @@ class KD(Distiller):
     """Logit distillation with a temperature; the teacher runs to its logits under no-grad."""
 
     requires_teacher = True
-    uses_teacher_logits_only = True
 
     class Params(MethodParams):
         """``method.params`` of ``kd``."""
@@ -28,14 +27,10 @@ class KD(Distiller):
         ce_weight: float = Field(0.1, ge=0)
         kd_weight: float = Field(0.9, ge=0)
 
-    def __init__(self, student, teacher, params: Params | None = None, context: MethodContext | None = None):
-        super().__init__(student, teacher)
-        self.params = params or self.Params()
-
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
         logits = self.student(images)
-        logits_teacher = self.run_teacher(images)
+        logits_teacher = self.teacher.logits(images)
         p = self.params
         return logits, {
             "loss_ce": p.ce_weight * F.cross_entropy(logits, labels),

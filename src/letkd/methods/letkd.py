@@ -25,9 +25,10 @@ from torch import nn
 from letkd.config import ConfigError
 from letkd.graft import graft
 from letkd.layers import KDLayer
-from letkd.losses import template_kl
 from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
-from letkd.methods.template_kd import LetKDLayer, TeacherTargets, loss_names, student_shapes
+from letkd.methods.template_kd import LetKDLayer, TeacherTargets, layer_specs, loss_names, student_shapes
+from letkd.supervision.spec import Spec
+from letkd.template_loss import template_kl
 
 
 @register_method("letkd")
@@ -44,17 +45,33 @@ class LetKD(Distiller):
         template_scale: float = Field(3.0, gt=0, description="initial scale of the template cosine conv")
         value_scale: float = Field(1.0, gt=0, description="initial scale of the value cosine conv")
 
+    @classmethod
+    def supervision_specs(cls, params: Params) -> list[Spec]:
+        """One codebook / sub-class artefact per layer, in ``params.layers`` order."""
+        return layer_specs(params.layers)
+
+    @classmethod
+    def example_params(cls) -> dict:
+        """letKD-2 with small K: a sub-class layer at the intermediate tap and a 16-template codebook."""
+        return {
+            "layers": [
+                {"kind": "subclass", "student_tap": "intermediate", "teacher_tap": "intermediate",
+                 "subclasses_per_class": 2, "lda_components": 4},
+                {"kind": "codebook", "student_tap": "penultimate", "teacher_tap": "penultimate",
+                 "num_templates": 16},
+            ]
+        }
+
     def __init__(self, student, teacher, params: Params | None = None, context: MethodContext | None = None):
-        super().__init__(student, teacher)
+        super().__init__(student, teacher, params, context)
         if context is None:
             raise ValueError("letkd needs a MethodContext (num_classes, input_size, supervision)")
-        self.params = params = params or self.Params()
+        params = self.params
         layers = params.layers
         paths, shapes = student_shapes(student, layers, context.input_size)
         if len(set(paths)) != len(paths):
             raise ConfigError(f"letkd: two layers graft the same student module ({paths})")
-        self.targets = TeacherTargets(teacher, layers, context.supervision, self.method_name)
-        self.teacher_paths = self.targets.teacher_paths
+        self.targets = TeacherTargets(self.teacher, layers, context.supervision, self.method_name)
         num_templates = self.targets.check(shapes, context.input_size, context.num_classes)
         self.loss_names = loss_names(layers)
         self.handles = []

@@ -16,10 +16,11 @@ from pydantic import Field
 from torch import nn
 
 from letkd.layers import TemplateHead
-from letkd.losses import template_kl
 from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
 from letkd.methods.features import student_features
-from letkd.methods.template_kd import QuestLayer, TeacherTargets, loss_names, student_shapes
+from letkd.methods.template_kd import QuestLayer, TeacherTargets, layer_specs, loss_names, student_shapes
+from letkd.supervision.spec import Spec
+from letkd.template_loss import template_kl
 
 
 @register_method("quest")
@@ -35,14 +36,23 @@ class QuEST(Distiller):
         ce_weight: float = Field(1.0, ge=0)
         template_scale: float = Field(3.0, gt=0, description="initial scale of the template cosine conv")
 
+    @classmethod
+    def supervision_specs(cls, params: Params) -> list[Spec]:
+        """One codebook per layer, in ``params.layers`` order."""
+        return layer_specs(params.layers)
+
+    @classmethod
+    def example_params(cls) -> dict:
+        """One 16-template codebook layer at the penultimate tap."""
+        return {"layers": [{"student_tap": "penultimate", "teacher_tap": "penultimate", "num_templates": 16}]}
+
     def __init__(self, student, teacher, params: Params | None = None, context: MethodContext | None = None):
-        super().__init__(student, teacher)
+        super().__init__(student, teacher, params, context)
         if context is None:
             raise ValueError("quest needs a MethodContext (num_classes, input_size, supervision)")
-        self.params = params = params or self.Params()
+        params = self.params
         self.student_paths, shapes = student_shapes(student, params.layers, context.input_size)
-        self.targets = TeacherTargets(teacher, params.layers, context.supervision, self.method_name)
-        self.teacher_paths = self.targets.teacher_paths
+        self.targets = TeacherTargets(self.teacher, params.layers, context.supervision, self.method_name)
         num_templates = self.targets.check(shapes, context.input_size, context.num_classes)
         self.loss_names = loss_names(params.layers)
         self.heads = nn.ModuleList(

@@ -23,13 +23,9 @@ from torch import nn
 
 from letkd.config import ConfigError
 from letkd.methods.base import MethodParams
-from letkd.methods.features import (
-    check_same_grid,
-    pool2x2,
-    probe_shapes,
-    resolve_taps,
-    teacher_features,
-)
+from letkd.methods.features import check_same_grid, pool2x2, resolve_taps, tap_shapes
+from letkd.supervision.spec import CodebookSpec, Spec, SubclassSpec
+from letkd.teacher import FrozenTeacher
 
 
 class _LayerParams(MethodParams):
@@ -39,13 +35,24 @@ class _LayerParams(MethodParams):
     weight: float = Field(1.0, ge=0, description="weight of this layer's template KL loss")
 
 
-class CodebookLayer(_LayerParams):
+class _CodebookParams(_LayerParams):
+    num_templates: int = Field(4096, ge=1, description="K, the number of K-means centres / templates")
+    temperature: float = Field(1.0, gt=0, description="τ of softmax(−τ·‖f − ρ_k‖²)")
+
+    def supervision_spec(self) -> CodebookSpec:
+        """The codebook this layer is supervised by."""
+        return CodebookSpec(self.teacher_tap, self.teacher_pool, self.num_templates)
+
+    def target_options(self) -> dict[str, float]:
+        """Keyword arguments of the supervision module's ``targets`` call for this layer."""
+        return {"temperature": self.temperature}
+
+
+class CodebookLayer(_CodebookParams):
     """A penultimate-style layer supervised by K-means soft assignments (SPEC §2)."""
 
     kind: Literal["codebook"]
     alpha: float = Field(1.0, description="residual weight of the KD layer's value path")
-    num_templates: int = Field(4096, ge=1, description="K, the number of K-means centres / templates")
-    temperature: float = Field(1.0, gt=0, description="τ of softmax(−τ·‖f − ρ_k‖²)")
 
 
 class SubclassLayer(_LayerParams):
@@ -56,17 +63,31 @@ class SubclassLayer(_LayerParams):
     subclasses_per_class: int = Field(8, ge=1)
     lda_components: int = Field(60, ge=1)
 
+    def supervision_spec(self) -> SubclassSpec:
+        """The sub-class codebook this layer is supervised by."""
+        return SubclassSpec(
+            self.teacher_tap, self.teacher_pool, self.subclasses_per_class, self.lda_components
+        )
 
-class QuestLayer(_LayerParams):
+    def target_options(self) -> dict[str, float]:
+        """Keyword arguments of the supervision module's ``targets`` call for this layer (none)."""
+        return {}
+
+
+class QuestLayer(_CodebookParams):
     """QuEST's single codebook layer: no value path (so no ``alpha``), τ = 5 by default (SPEC §10)."""
 
     kind: Literal["codebook"] = "codebook"
-    num_templates: int = Field(4096, ge=1)
-    temperature: float = Field(5.0, gt=0)
+    temperature: float = Field(5.0, gt=0, description="τ of softmax(−τ·‖f − ρ_k‖²)")
 
 
 LetKDLayer = Annotated[CodebookLayer | SubclassLayer, Field(discriminator="kind")]
 AnyLayer = CodebookLayer | SubclassLayer | QuestLayer
+
+
+def layer_specs(layers: Sequence[AnyLayer]) -> list[Spec]:
+    """The supervision of each layer, in order (what ``supervision_specs`` of letKD and QuEST return)."""
+    return [layer.supervision_spec() for layer in layers]
 
 
 def expected_templates(layer: AnyLayer, num_classes: int) -> int:
@@ -88,29 +109,25 @@ def loss_names(layers: Sequence[AnyLayer]) -> list[str]:
 class TeacherTargets(nn.Module):
     """Per-layer teacher targets: teacher taps (no grad, early stop) → optional 2×2 pool → supervision.
 
-    Holds the supervision modules (so they follow ``.to(device)``) and the teacher tap paths; built once
-    per run, it checks every layer with a dummy forward (see :meth:`check`).
+    Holds the supervision modules (so they follow ``.to(device)``) and declares the layers' teacher taps on
+    the :class:`~letkd.teacher.FrozenTeacher`; built once per run, it checks every layer with a dummy
+    forward (see :meth:`check`).
     """
 
     def __init__(
         self,
-        teacher: nn.Module,
+        teacher: FrozenTeacher,
         layers: Sequence[AnyLayer],
-        supervision: Sequence[nn.Module | None] | None,
+        supervision: Sequence[nn.Module] | None,
         method: str,
     ) -> None:
         super().__init__()
-        if supervision is None or len(supervision) != len(layers):
-            n = "none" if supervision is None else len(supervision)
+        if supervision is None or len(supervision) != len(layers) or any(s is None for s in supervision):
+            n = "none" if supervision is None else sum(s is not None for s in supervision)
             raise ConfigError(
                 f"method {method!r} needs one supervision module per entry of params.layers "
                 f"({len(layers)}), got {n}"
             )
-        for i, (layer, sup) in enumerate(zip(layers, supervision)):
-            if sup is None:
-                raise ConfigError(f"method {method!r}: layer {i} ({layer.kind}) has no supervision module")
-            if isinstance(layer, (CodebookLayer, QuestLayer)) and hasattr(sup, "temperature"):
-                sup.temperature = layer.temperature
         self.method = method
         self.layers = list(layers)
         self.supervision = nn.ModuleList(supervision)
@@ -129,15 +146,13 @@ class TeacherTargets(nn.Module):
         ``student_shapes``: ``(C, H, W)`` at each layer's student tap. Raises :class:`ConfigError` naming
         the taps and shapes on the first mismatch.
         """
-        teacher = self._teacher[0]
-        t_shapes = probe_shapes(teacher, self.teacher_paths, input_size)
+        t_shapes = tap_shapes(self._teacher[0], self.teacher_paths, input_size, "teacher")
         device = next(iter(self.supervision.buffers()), torch.zeros(0)).device
         ks = []
-        for i, (layer, sup, path, s_shape) in enumerate(
-            zip(self.layers, self.supervision, self.teacher_paths, student_shapes)
+        for i, (layer, sup, t_shape, s_shape) in enumerate(
+            zip(self.layers, self.supervision, t_shapes, student_shapes)
         ):
-            t_shape = t_shapes[path]
-            if len(t_shape) == 3 and layer.teacher_pool:
+            if layer.teacher_pool:
                 t_shape = (t_shape[0], t_shape[1] // 2, t_shape[2] // 2)
             check_same_grid(layer.student_tap, s_shape, layer.teacher_tap, t_shape, layer.teacher_pool)
             dim = getattr(sup, "dim", None)
@@ -150,7 +165,7 @@ class TeacherTargets(nn.Module):
             feats = torch.rand(2, *t_shape, device=device)
             labels = torch.zeros(2, dtype=torch.long, device=device)
             try:
-                out = sup.targets(feats, labels) if layer.kind == "subclass" else sup.targets(feats)
+                out = sup.targets(feats, labels, **layer.target_options())
             except (RuntimeError, ValueError) as exc:
                 raise ConfigError(
                     f"layer {i}: the {layer.kind} supervision rejects teacher tap {layer.teacher_tap!r} "
@@ -175,15 +190,12 @@ class TeacherTargets(nn.Module):
         device), so a new call overwrites the previous call's targets. A graph still holding them then fails
         loudly at ``backward`` (autograd's version check) instead of reading the new values.
         """
-        feats = teacher_features(self._teacher[0], self.teacher_paths, images)
+        feats = self._teacher[0].features(images)
         out = []
         for i, (layer, sup, path) in enumerate(zip(self.layers, self.supervision, self.teacher_paths)):
             f = pool2x2(feats[path]) if layer.teacher_pool else feats[path]
             buffer = self._reusable_buffer(i, f.shape[0] * f.shape[2] * f.shape[3], sup)
-            if layer.kind == "subclass":
-                target = sup.targets(f, labels, out=buffer)
-            else:
-                target = sup.targets(f, out=buffer)
+            target = sup.targets(f, labels, out=buffer, **layer.target_options())
             # the (B·H·W, K) rows behind the (B, K, H, W) view: next call's buffer
             self._buffers_by_layer[i] = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1])
             out.append(target)
@@ -202,10 +214,4 @@ def student_shapes(
 ) -> tuple[list[str], list[tuple[int, ...]]]:
     """Module paths and ``(C, H, W)`` of each layer's student tap (dummy forward, eval mode)."""
     paths = resolve_taps(student, [layer.student_tap for layer in layers], "student")
-    shapes = probe_shapes(student, paths, input_size)
-    for layer, path in zip(layers, paths):
-        if len(shapes[path]) != 3:
-            raise ConfigError(
-                f"student tap {layer.student_tap!r} outputs {shapes[path]}, not a (C, H, W) map"
-            )
-    return paths, [shapes[p] for p in paths]
+    return paths, tap_shapes(student, paths, input_size, "student")

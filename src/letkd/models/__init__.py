@@ -1,4 +1,6 @@
-"""Model zoo (RepDistiller CIFAR names, ``torchvision:<name>``, ``timm:<name>``), tap points, checkpoints."""
+"""Model zoo (RepDistiller CIFAR names, ``torchvision:<name>``, ``timm:<name>``), tap tables, checkpoints.
+
+Tap names resolve to module paths with :func:`letkd.taps.resolve_tap`."""
 
 # Importing the architecture modules registers the zoo.
 from letkd.models import (  # noqa: F401
@@ -13,28 +15,18 @@ from letkd.models import (  # noqa: F401
 )
 from letkd.models.checkpoint import CheckpointError, load_weights, read_checkpoint, save_weights
 from letkd.models.registry import UnknownModelError, create_model, list_models, register_model
-from letkd.models.taps import (
-    TapInferenceError,
-    UnknownTapError,
-    feature_shape,
-    feature_stages,
-    get_taps,
-    resolve_tap,
-)
+from letkd.models.tap_names import TapInferenceError, feature_stages, get_taps
 
 __all__ = [
     "CheckpointError",
     "TapInferenceError",
     "UnknownModelError",
-    "UnknownTapError",
     "create_model",
-    "feature_shape",
     "feature_stages",
     "get_taps",
     "list_models",
     "load_weights",
     "read_checkpoint",
     "register_model",
-    "resolve_tap",
     "save_weights",
 ]

@@ -1,15 +1,15 @@
 """Teacher-side supervision: feature extraction, K-means codebooks (letKD-1, QuEST) and sub-class
 codebooks (letKD-2), saved as self-describing artefacts in a cache.
 
-Typical use: ``build_supervision(spec, teacher, ...)`` returns a frozen module whose
+Typical use: ``build_artifact(spec, teacher, ...).module`` is a frozen module (cached or fitted) whose
 ``targets(features[, labels])`` gives per-location target distributions ``(B, K, H, W)``.
 """
 
-from letkd.supervision.build import build_artifact, build_supervision, teacher_identity
+from letkd.supervision.artifacts import build_artifact, teacher_identity
 from letkd.supervision.codebook import Codebook, fit_codebook
 from letkd.supervision.extract import RowFile, extract_rows
 from letkd.supervision.lda import fit_lda, lda_transform
-from letkd.supervision.spec import CodebookSpec, Spec, SubclassSpec, specs_from_config, specs_from_layers
+from letkd.supervision.spec import CodebookSpec, Spec, SubclassSpec
 from letkd.supervision.store import (
     ArtifactCache,
     ArtifactMismatchError,
@@ -31,7 +31,6 @@ __all__ = [
     "SubclassCodebook",
     "SubclassSpec",
     "build_artifact",
-    "build_supervision",
     "cache_key",
     "extract_rows",
     "fit_codebook",
@@ -40,7 +39,5 @@ __all__ = [
     "lda_transform",
     "load_artifact",
     "save_artifact",
-    "specs_from_config",
-    "specs_from_layers",
     "teacher_identity",
 ]

@@ -54,8 +54,9 @@ class Codebook(nn.Module):
     """Frozen K-means centres ρ (K, D) turning teacher features into per-location soft assignments.
 
     ``targets(f)`` for features ``f`` (B, D, H, W) returns (B, K, H, W) = softmax over K of
-    −τ·‖f − ρ_k‖², computed in float32 under no-grad. ``temperature`` τ is a run-time setting
-    (1 for letKD, 5 for QuEST), not part of the fitted artefact.
+    −τ·‖f − ρ_k‖², computed in float32 under no-grad. τ is a run-time setting, not part of the fitted
+    artefact: the method passes its layer's ``temperature`` (1 for letKD, 5 for QuEST) to each call;
+    :attr:`temperature` is the value used when none is passed.
     """
 
     kind = "codebook"
@@ -102,23 +103,32 @@ class Codebook(nn.Module):
         return dist.clamp_min_(0)  # rounding can make ‖f‖² + ‖c‖² − 2f·c slightly negative
 
     @torch.no_grad()
-    def targets(self, features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def targets(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        temperature: float | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Soft assignments (B, K, H, W), float32, summing to 1 over K at every location.
+
+        ``labels`` are not used (the signature is the one every supervision module answers);
+        ``temperature`` τ overrides :attr:`temperature` for this call (the method's layer setting).
 
         The result is a view of a ``(B·H·W, K)`` row matrix (channels-last strides). ``out``: an optional
         float32 ``(B·H·W, K)`` buffer on the centres' device to compute into (the methods reuse one across
         steps: a K = 4096 map is 67 MB at batch 64, and allocating it anew costs more than filling it).
         """
         b, _, h, w = features.shape
+        tau = self.temperature if temperature is None else float(temperature)
         f = self._feature_rows(features)
         c = self.centers
         out = check_workspace(out, (f.shape[0], self.num_centers), c.device)
         # softmax(−τ‖f−c‖²) over the centres = softmax(τ(2f·c − ‖c‖²)): ‖f‖² is the same for every centre
         # of a row, so one matrix product and the softmax give the targets without the distances.
         with torch.autocast(c.device.type, enabled=False):  # float32 targets under AMP too
-            logits = torch.addmm(
-                (c * c).sum(1), f, c.T, beta=-self.temperature, alpha=2.0 * self.temperature, out=out
-            )
+            logits = torch.addmm((c * c).sum(1), f, c.T, beta=-tau, alpha=2.0 * tau, out=out)
         softmax_rows_(logits)
         return logits.view(b, h, w, -1).permute(0, 3, 1, 2)
 

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from letkd.taps import FeatureTaps, resolve_tap
+
 ROWS_FILE = "rows.f32"
 LABELS_FILE = "labels.i64"
 META_FILE = "meta.json"
@@ -84,13 +86,6 @@ class RowFile:
         return self._labels
 
 
-def resolve_tap_path(model: nn.Module, tap: str) -> str:
-    """Module path for a tap name (``"penultimate"``) or module path (``"layer3.0"``) of ``model``."""
-    from letkd.models import resolve_tap
-
-    return resolve_tap(model, tap)
-
-
 def subsample_indices(total: int, max_rows: int | None, seed: int) -> np.ndarray | None:
     """Sorted random subset of ``range(total)`` of size ``max_rows`` (deterministic in ``seed``), or None."""
     if max_rows is None or max_rows >= total:
@@ -134,7 +129,7 @@ def extract_rows(
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    path = resolve_tap_path(teacher, tap)
+    path = resolve_tap(teacher, tap)
     num_images = len(dataset)  # type: ignore[arg-type]
     if num_images == 0:
         raise ValueError("cannot extract rows from an empty dataset")
@@ -151,8 +146,6 @@ def extract_rows(
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
     try:
-        from letkd.taps import FeatureTaps
-
         # the forward stops right after the tap, so no later in-place op can touch it: no copy needed
         with FeatureTaps(teacher, [path], stop_after_last=True, clone=False) as taps:
 

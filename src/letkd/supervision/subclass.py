@@ -97,13 +97,17 @@ class SubclassCodebook(nn.Module):
 
     @torch.no_grad()
     def targets(
-        self, features: torch.Tensor, labels: torch.Tensor, out: torch.Tensor | None = None
+        self, features: torch.Tensor, labels: torch.Tensor | None = None, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Target distributions (B, S, H, W) for ``features`` (B, D, H, W) and image ``labels`` (B,).
+
+        ``labels`` are required (a location's candidates are its label's sub-classes).
 
         A view of a ``(B·H·W, S)`` row matrix; ``out`` is an optional float32 buffer of that shape to write
         into (see :meth:`letkd.supervision.codebook.Codebook.targets`).
         """
+        if labels is None:
+            raise ValueError("sub-class targets need the images' labels")
         b, _, h, w = features.shape
         with torch.autocast(features.device.type, enabled=False):  # float32 distances under AMP too
             index = self.assign(features, labels)

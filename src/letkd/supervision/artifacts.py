@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,19 @@ from torch import nn
 
 from letkd.config import SupervisionConfig
 from letkd.supervision.codebook import DEFAULT_MAX_POINTS_PER_CENTROID, fit_codebook
-from letkd.supervision.extract import RowFile, extract_rows, resolve_tap_path
+from letkd.supervision.extract import RowFile, extract_rows
 from letkd.supervision.spec import CodebookSpec, Spec
 from letkd.supervision.store import ArtifactCache, CachedArtifact, cache_key
 from letkd.supervision.subclass import fit_subclasses
+from letkd.taps import resolve_tap
 from letkd.utils import sha256_file
 
 EXTRACT_SPLIT = "train"
 EXTRACT_TRANSFORM = "test"
+
+
+class ArtifactNotCachedError(FileNotFoundError):
+    """Raised by :func:`build_artifact` with ``fit=False`` when the artefact is not in the cache."""
 
 
 def teacher_identity(
@@ -67,6 +73,17 @@ def kmeans_points_per_centroid(max_rows: int | None, num_centers: int) -> int | 
     if max_rows is None:
         return DEFAULT_MAX_POINTS_PER_CENTROID
     return max(1, math.ceil(max_rows / num_centers))
+
+
+def kmeans_rows_note(num_centers: int, num_rows: int, points_per_centroid: int | None) -> str:
+    """One line saying which rows a K-means fit trains on: all of them (the paper) or a seeded sample."""
+    cap = None if points_per_centroid is None else num_centers * points_per_centroid
+    if cap is None or cap >= num_rows:
+        return f"K-means (K={num_centers}): training on all {num_rows} rows (the paper's setting)"
+    return (
+        f"K-means (K={num_centers}): training on a seeded sample of {cap} of {num_rows} rows, for speed "
+        f"(set supervision.max_rows>={num_rows} to train on all rows, the paper's setting)"
+    )
 
 
 def _rows_key(
@@ -128,21 +145,36 @@ def build_artifact(
     num_workers: int = 0,
     train_subset: int | None = None,
     subset_seed: int = 0,
+    fit: bool = True,
 ) -> CachedArtifact:
-    """Like :func:`build_supervision` but returns the module with its metadata, file and ``cached`` flag.
+    """The supervision module of ``spec`` with its metadata, file and ``cached`` flag.
+
+    When the artefact is not cached, the teacher's features at ``spec.teacher_tap`` are extracted over the
+    training split of ``dataset_name`` with the test transform (reusing cached rows of the same tap),
+    fitted, saved in ``sup_cfg.cache_dir`` and returned (on the CPU). ``teacher_checkpoint`` None
+    identifies the teacher as ``untrained:<teacher_name>:<teacher_seed or sup_cfg.seed>`` plus a hash of
+    its weights.
 
     ``train_subset``/``subset_seed``: fit on the same seeded subset of training images the student trains
     on (``data.train_subset`` and the run's seed); the subset is part of the artefact's identity.
+    ``fit=False``: only look the artefact up; raise :class:`ArtifactNotCachedError` if it is not cached.
     """
     device = resolve_device(device)
     seed = sup_cfg.seed if teacher_seed is None else teacher_seed
     teacher_id = teacher_identity(teacher_name, teacher_checkpoint, seed, teacher)
-    module_path = resolve_tap_path(teacher, spec.teacher_tap)
+    module_path = resolve_tap(teacher, spec.teacher_tap)
     dataset_id = (
         dataset_name if train_subset is None else f"{dataset_name}[subset={train_subset},seed={subset_seed}]"
     )
     key = artifact_key(spec, teacher_id, teacher_name, module_path, dataset_id, sup_cfg, num_classes)
     cache = ArtifactCache(sup_cfg.cache_dir)
+    if not fit:
+        found = cache.get(spec.kind, key)
+        if found is None:
+            raise ArtifactNotCachedError(
+                f"no cached {spec.kind} artefact for teacher tap {spec.teacher_tap!r} in {sup_cfg.cache_dir}"
+            )
+        return found
     rows_fields = _rows_key(teacher_id, teacher_name, module_path, spec.teacher_pool, dataset_id)
     folder = Path(sup_cfg.cache_dir) / "rows" / cache_key(rows_fields)[:24]
 
@@ -180,6 +212,8 @@ def build_artifact(
             "num_images": data.meta.get("num_images"),
         }
         if isinstance(spec, CodebookSpec):
+            print(kmeans_rows_note(spec.num_templates, data.num_rows, key["max_points_per_centroid"]),
+                  file=sys.stderr, flush=True)
             module = fit_codebook(
                 data.rows,
                 spec.num_templates,
@@ -203,39 +237,3 @@ def build_artifact(
         return module, provenance
 
     return cache.get_or_fit(spec.kind, key, fit)
-
-
-def build_supervision(
-    spec: Spec,
-    teacher: nn.Module,
-    teacher_name: str,
-    teacher_checkpoint: str | os.PathLike | None,
-    dataset_name: str,
-    data_root: str | os.PathLike | None,
-    sup_cfg: SupervisionConfig,
-    device: str | torch.device | None,
-    num_classes: int,
-    progress: bool = True,
-    teacher_seed: int | None = None,
-) -> nn.Module:
-    """The :class:`Codebook` or :class:`SubclassCodebook` for ``spec``, from the cache or freshly fitted.
-
-    When the artefact is not cached, the teacher's features at ``spec.teacher_tap`` are extracted over
-    the training split of ``dataset_name`` with the test transform (reusing cached rows of the same tap),
-    fitted, saved in ``sup_cfg.cache_dir`` and returned. ``teacher_checkpoint`` None identifies the teacher
-    as ``untrained:<teacher_name>:<teacher_seed or sup_cfg.seed>``. The module is returned on ``device``.
-    """
-    found = build_artifact(
-        spec,
-        teacher,
-        teacher_name,
-        teacher_checkpoint,
-        dataset_name,
-        data_root,
-        sup_cfg,
-        device,
-        num_classes,
-        progress=progress,
-        teacher_seed=teacher_seed,
-    )
-    return found.module.to(resolve_device(device))

@@ -1,21 +1,14 @@
-"""Named tap points: where features are read (forward hooks) and where KD layers are grafted.
+"""Tap tables: each architecture's named tap points (tap name -> module path).
 
-Zoo models carry ``model.taps`` (tap name -> module path) and ``model.feature_stages`` (stage tap paths in
-order). For torchvision and timm models the taps are inferred from the architecture; for anything else pass
-module paths (``model.get_submodule(path)`` must accept them).
+Taps are resolved to module paths by :func:`letkd.taps.resolve_tap`; this module only declares the
+tables. Zoo models carry ``model.taps`` (tap name -> module path) and ``model.feature_stages`` (stage tap
+paths in order). For torchvision and timm models the taps are inferred from the architecture; for anything
+else pass module paths (``model.get_submodule(path)`` must accept them).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
-
-
-class UnknownTapError(KeyError, ValueError):
-    """Raised for a tap name or module path that the model does not have."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
 
 
 class TapInferenceError(ValueError):
@@ -40,7 +33,7 @@ def get_taps(model: nn.Module) -> dict[str, str]:
         return _features_taps(model, "features")
     raise TapInferenceError(
         f"cannot infer tap points for {type(model).__name__}; pass module paths instead "
-        f"(e.g. one of {', '.join(_sample_paths(model))})"
+        f"(e.g. one of {', '.join(sample_paths(model))})"
     )
 
 
@@ -51,68 +44,6 @@ def feature_stages(model: nn.Module) -> list[str]:
         return list(stages)
     taps = get_taps(model)
     return [taps[k] for k in sorted((k for k in taps if k.startswith("stage")), key=lambda k: int(k[5:]))]
-
-
-def resolve_tap(model: nn.Module, name_or_path: str) -> str:
-    """Module path for a tap name (``"penultimate"``) or an existing module path (``"layer3.0"``)."""
-    try:
-        taps = get_taps(model)
-    except TapInferenceError:
-        taps = {}
-    if name_or_path in taps:
-        return taps[name_or_path]
-    if name_or_path:
-        try:
-            model.get_submodule(name_or_path)
-            return name_or_path
-        except AttributeError:
-            pass
-    names = ", ".join(sorted(taps)) or "(none known for this model)"
-    raise UnknownTapError(
-        f"{name_or_path!r} is neither a tap name nor a module path of {type(model).__name__}; "
-        f"tap names: {names}; module paths include: {', '.join(_sample_paths(model))}"
-    )
-
-
-class _StopForward(Exception):
-    """Raised by a capture hook to end a forward pass once the wanted feature is recorded."""
-
-
-@torch.no_grad()
-def feature_shape(
-    model: nn.Module, tap: str, input_size: tuple[int, int, int] = (3, 32, 32)
-) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the output of ``tap`` (name or path) for one input of shape ``input_size``.
-
-    Runs a dummy forward in eval mode (the model's mode is restored) and stops right after the tap.
-    """
-    path = resolve_tap(model, tap)
-    module = model.get_submodule(path)
-    captured: list[torch.Tensor] = []
-
-    def hook(_mod: nn.Module, _inp, out) -> None:
-        captured.append(out[0] if isinstance(out, (tuple, list)) else out)
-        raise _StopForward
-
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    was_training = model.training
-    handle = module.register_forward_hook(hook)
-    model.eval()
-    try:
-        model(torch.zeros(1, *input_size, device=device, dtype=dtype))
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-        model.train(was_training)
-    if not captured:
-        raise RuntimeError(f"module {path!r} was not called during the forward pass")
-    shape = tuple(captured[0].shape[1:])
-    if len(shape) != 3:
-        raise ValueError(f"tap {path!r} outputs shape {tuple(captured[0].shape)}, not a (B, C, H, W) map")
-    return shape  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,7 +146,7 @@ def _is_stage(module: nn.Module) -> bool:
     return all(len(list(child.children())) > 0 for child in module)
 
 
-def _sample_paths(model: nn.Module, limit: int = 12) -> list[str]:
+def sample_paths(model: nn.Module, limit: int = 12) -> list[str]:
     """A few top-level and second-level module paths, for error messages."""
     paths = [name for name, _ in model.named_modules() if name and name.count(".") <= 1]
     return paths[:limit] + (["…"] if len(paths) > limit else [])

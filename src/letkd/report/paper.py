@@ -1,0 +1,296 @@
+"""The paper's table layout: methods as rows, teacher→student pairs as columns, our mean ± std over seeds
+beside the published number and the difference.
+
+The published numbers (Tables 1–3 of the letKD paper) live in ``paper_results.yaml`` next to this module,
+with the mapping from our model names to the paper's abbreviations (``resnet56`` → ``RN56``) and from our
+method labels to the paper's rows (``letkd2`` → ``letKD-2``). Runs that match no published cell still get a
+row or column of their own (paper value "—").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from letkd.report.read import RunRecord
+from letkd.report.summary import GroupRow, summarize
+from letkd.utils import atomic_write_text
+
+PAIRS_MARKDOWN, PAIRS_CSV = "pairs.md", "pairs.csv"
+EPOCHS = ("best", "last")
+TEACHER_ROW = "Teacher"
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    """One published table: ``rows[method][i]`` is the number of ``columns[i]`` (None = not reported)."""
+
+    name: str
+    dataset: str
+    metric: str  # "top1" or "top5"
+    trials: int
+    columns: list[str]
+    rows: dict[str, list[float | None]]
+    std: dict[str, list[float | None]]
+
+    def value(self, row: str, column: str) -> tuple[float | None, float | None]:
+        """(published mean, published std) of a cell; (None, None) where the paper has no number."""
+        if row not in self.rows or column not in self.columns:
+            return None, None
+        i = self.columns.index(column)
+        stds = self.std.get(row)
+        return self.rows[row][i], (stds[i] if stds else None)
+
+
+@dataclass(frozen=True)
+class PaperResults:
+    """The contents of ``paper_results.yaml``."""
+
+    models: dict[str, str]
+    methods: dict[str, str]
+    tables: list[PublishedTable]
+
+
+@dataclass
+class PaperCell:
+    """One cell of a comparison table: our runs' mean ± sample std (n runs) and the published value."""
+
+    n: int = 0
+    seeds: list[int] = field(default_factory=list)
+    mean: float | None = None
+    std: float | None = None  # sample std (n − 1); None for fewer than two runs
+    paper: float | None = None
+    paper_std: float | None = None
+    configs: list[str] = field(default_factory=list)
+
+    @property
+    def diff(self) -> float | None:
+        """Ours minus the paper (None when either is missing)."""
+        return None if self.mean is None or self.paper is None else self.mean - self.paper
+
+
+@dataclass
+class PaperTable:
+    """Methods × pairs for one dataset, metric (top1/top5) and epoch (best/last)."""
+
+    title: str
+    dataset: str
+    metric: str
+    epoch: str
+    trials: int | None  # runs per number in the paper (None: no published table)
+    rows: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], PaperCell]
+
+    def cell(self, row: str, column: str) -> PaperCell:
+        """The cell at (row, column); an empty one where neither we nor the paper have a number."""
+        return self.cells.get((row, column), PaperCell())
+
+
+@cache
+def load_paper_results(path: str | None = None) -> PaperResults:
+    """Read ``paper_results.yaml`` (the packaged file by default)."""
+    text = (
+        Path(path).read_text()
+        if path
+        else resources.files("letkd.report").joinpath("paper_results.yaml").read_text()
+    )
+    data = yaml.safe_load(text)
+    tables = [
+        PublishedTable(
+            name=t["name"], dataset=t["dataset"], metric=t["metric"], trials=int(t["trials"]),
+            columns=list(t["columns"]), rows=dict(t["rows"]), std=dict(t.get("std") or {}),
+        )
+        for t in data["tables"]
+    ]  # fmt: skip
+    return PaperResults(models=dict(data["models"]), methods=dict(data["methods"]), tables=tables)
+
+
+def _value(record: RunRecord, metric: str, epoch: str) -> float | None:
+    if metric == "top5":
+        return record.best_top5 if epoch == "best" else record.last_top5
+    return record.best_top1 if epoch == "best" else record.last_top1
+
+
+def _columns_of(group: GroupRow, known: list[str], models: dict[str, str]) -> list[str]:
+    """The pair columns a group belongs to. A run without a teacher (the student trained alone) fills every
+    known column with its student, narrowed to the pair its config name spells (``resnet56_resnet20``)."""
+    student = models.get(group.student, group.student)
+    if group.teacher:
+        return [f"{models.get(group.teacher, group.teacher)}→{student}"]
+    same_student = [c for c in known if c.endswith(f"→{student}")]
+
+    def spelled(column: str) -> bool:
+        abbr = column.split("→")[0]
+        teachers = [ours for ours, short in models.items() if short == abbr] + [abbr]
+        return any(f"{t}_{group.student}" in group.config for t in teachers)
+
+    named = [c for c in same_student if spelled(c)]
+    return named or same_student or [student]
+
+
+def _fill(cell: PaperCell, values: Sequence[tuple[int, float]], config: str) -> None:
+    cell.n, cell.seeds = len(values), [s for s, _ in values]
+    numbers = [v for _, v in values]
+    cell.mean = statistics.fmean(numbers)
+    cell.std = statistics.stdev(numbers) if len(numbers) > 1 else None
+    cell.configs.append(config)
+
+
+def _build(
+    dataset: str, metric: str, epoch: str, published: PublishedTable | None, groups: list[GroupRow],
+    by_path: dict[Path, RunRecord], results: PaperResults,
+) -> PaperTable:  # fmt: skip
+    columns = list(published.columns) if published else []
+    rows = list(published.rows) if published else []
+    if TEACHER_ROW not in rows:
+        rows.insert(0, TEACHER_ROW)
+    cells: dict[tuple[str, str], PaperCell] = {}
+    used: set[str] = set()
+    teacher_values: dict[str, list[tuple[int, float]]] = {}
+    # runs with a teacher first: they name the pairs that runs of the student alone are matched to
+    for group in sorted(groups, key=lambda g: g.teacher is None):
+        records = [by_path[p] for p in group.runs]
+        values = [(r.seed, v) for r in records if (v := _value(r, metric, epoch)) is not None]
+        if not values:
+            continue
+        row = results.methods.get(group.label, group.label)
+        for column in _columns_of(group, columns, results.models):
+            if column not in columns:
+                columns.append(column)
+            key = (row, column)
+            if key in cells and cells[key].n:
+                key = (f"{row} ({group.display or group.config})", column)
+            if key[0] not in rows:
+                rows.append(key[0])
+            _fill(cells.setdefault(key, PaperCell()), values, group.config)
+            used.add(column)
+            if group.teacher and metric == "top1":
+                teacher_values.setdefault(column, []).extend(
+                    (r.seed, r.teacher_top1) for r in records if r.teacher_top1 is not None
+                )
+    for column, values in teacher_values.items():
+        if values:
+            _fill(cells.setdefault((TEACHER_ROW, column), PaperCell()), values, "teacher_top1")
+    shown = [c for c in columns if c in used]
+    for row in rows:
+        for column in shown:
+            paper, paper_std = published.value(row, column) if published else (None, None)
+            if paper is not None:
+                cell = cells.setdefault((row, column), PaperCell())
+                cell.paper, cell.paper_std = paper, paper_std
+    title = f"{published.name} — {dataset}" if published else dataset
+    metric_name = "top-1" if metric == "top1" else "top-5"
+    return PaperTable(
+        title=f"{title} {metric_name}, {epoch} epoch", dataset=dataset, metric=metric, epoch=epoch,
+        trials=published.trials if published else None, rows=rows, columns=shown, cells=cells,
+    )  # fmt: skip
+
+
+def paper_tables(
+    records: Sequence[RunRecord], epochs: Sequence[str] = EPOCHS, results: PaperResults | None = None
+) -> list[PaperTable]:
+    """One :class:`PaperTable` per dataset of ``records`` × published metric × epoch (best/last)."""
+    results = results or load_paper_results()
+    groups = summarize(records)
+    by_path = {r.path: r for r in records}
+    out = []
+    for dataset in sorted({g.dataset for g in groups}):
+        mine = [g for g in groups if g.dataset == dataset]
+        published = [t for t in results.tables if t.dataset == dataset] or [None]
+        for table in published:
+            for epoch in epochs:
+                metric = table.metric if table else "top1"
+                built = _build(dataset, metric, epoch, table, mine, by_path, results)
+                if built.columns:
+                    out.append(built)
+    return out
+
+
+def _pm(mean: float | None, std: float | None, n: int | None = None) -> str:
+    if mean is None:
+        return "—"
+    text = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return text if n is None else f"{text} (n={n})"
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f}"
+
+
+def table_markdown(table: PaperTable) -> str:
+    """One table as Markdown: per pair, our value (mean ± std, n), the paper's and ours − paper."""
+    head = ["method"]
+    for column in table.columns:
+        head += [column, "paper", "Δ"]
+    lines = [
+        f"### {table.title}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
+    for row in table.rows:
+        cells = [table.cell(row, c) for c in table.columns]
+        if not any(c.n or c.paper is not None for c in cells):
+            continue
+        text = [row]
+        for c in cells:
+            text += [_pm(c.mean, c.std, c.n or None), _pm(c.paper, c.paper_std), _signed(c.diff)]
+        lines.append("| " + " | ".join(t.replace("|", "\\|") for t in text) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def tables_markdown(tables: Sequence[PaperTable]) -> str:
+    """Every table, with a note on what the numbers are."""
+    parts = [table_markdown(t) for t in tables]
+    parts.append(
+        "Test accuracy in %: ours = mean ± sample standard deviation over n runs (seeds), *best* = highest "
+        "over the epochs, *last* = final epoch; *paper* = the published number (mean over its trials; "
+        "the paper reports best-epoch accuracy); Δ = ours − paper. Teacher row: the teacher's accuracy "
+        "measured by each run.\n"
+    )
+    return "\n".join(parts)
+
+
+PAIRS_CSV_COLUMNS = [
+    "table", "dataset", "metric", "epoch", "method", "pair", "n", "seeds", "mean", "std",
+    "paper", "paper_std", "diff", "configs",
+]  # fmt: skip
+
+
+def tables_csv(tables: Sequence[PaperTable]) -> str:
+    """Every cell with a number (ours or the paper's) as one CSV line, at full precision."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(PAIRS_CSV_COLUMNS)
+    for t in tables:
+        for row in t.rows:
+            for column in t.columns:
+                c = t.cell(row, column)
+                if not c.n and c.paper is None:
+                    continue
+                values = [
+                    t.title, t.dataset, t.metric, t.epoch, row, column, c.n, ";".join(map(str, c.seeds)),
+                    c.mean, c.std, c.paper, c.paper_std, c.diff, ";".join(c.configs),
+                ]  # fmt: skip
+                writer.writerow(["" if v is None else v for v in values])
+    return buf.getvalue()
+
+
+def write_paper_tables(tables: Sequence[PaperTable], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``pairs.md`` and ``pairs.csv`` to ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    return {
+        "pairs_markdown": atomic_write_text(
+            out / PAIRS_MARKDOWN, "# Results by pair\n\n" + tables_markdown(tables)
+        ),
+        "pairs_csv": atomic_write_text(out / PAIRS_CSV, tables_csv(tables)),
+    }

@@ -1,0 +1,277 @@
+"""Reading run folders: one :class:`RunRecord` per folder holding ``config.yaml`` (and ``metrics.jsonl`` /
+``summary.json``), with the reason for every folder that cannot be used.
+
+The file names of a run folder are those of :mod:`letkd.engine.rundir`, which writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import statistics
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from letkd.engine.rundir import CONFIG, METRICS, SUMMARY
+
+#: config entries that do not change the experiment (besides ``seed``): ignored when grouping runs
+IGNORED_KEYS = (
+    ("name",),
+    ("seed",),
+    ("data", "root"),
+    ("data", "num_workers"),
+    ("model", "checkpoint"),
+    ("teacher", "checkpoint"),
+    ("teacher", "train_config"),
+    ("teacher", "check_accuracy"),
+    ("teacher", "compile"),
+    ("supervision", "cache_dir"),
+    ("supervision", "seed"),
+    ("train", "device"),
+    ("train", "progress"),
+    ("train", "compile"),
+    ("train", "channels_last"),
+    ("train", "deterministic"),
+    ("train", "reuse_host_memory"),
+    ("teacher", "channels_last"),
+    ("teacher", "fold_batchnorm"),
+)
+_SEED_SUFFIX = re.compile(r"[-_.]?(?:seed|s)[-_]?\d+$", re.IGNORECASE)
+
+
+class ReportError(ValueError):
+    """The report cannot be made (no such path, no run folders found)."""
+
+
+@dataclass(frozen=True)
+class SkippedRun:
+    """A folder that looked like a run but could not be used, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class RunRecord:
+    """One run folder's facts. Accuracies in %; ``epochs`` and ``test_top1`` are the per-epoch curve;
+    ``best_top5`` is the top-5 of the best top-1 epoch (None where not recorded)."""
+
+    path: Path
+    name: str  # config name without a trailing seed suffix
+    seed: int
+    dataset: str
+    teacher: str | None
+    student: str
+    method: str  # registry name, e.g. "letkd"
+    label: str  # short label, e.g. "letkd2"
+    variant: str  # hash of the config without seed and run-environment settings
+    status: str
+    best_top1: float
+    last_top1: float
+    best_epoch: int | None = None
+    teacher_top1: float | None = None
+    parameters: int | None = None
+    extra_parameters: int | None = None
+    seconds_per_epoch: float | None = None
+    best_top5: float | None = None
+    last_top5: float | None = None
+    epochs: list[int] = field(default_factory=list)
+    test_top1: list[float | None] = field(default_factory=list)
+
+    @property
+    def group_key(self) -> tuple[str, str, str, str, str, str]:
+        """Runs with equal keys differ only by seed."""
+        return (self.dataset, self.teacher or "", self.student, self.label, self.name, self.variant)
+
+
+def method_label(method: str, params: dict[str, Any] | None) -> str:
+    """Short label of a method: ``letkd1`` / ``letkd2`` by the number of KD layers, else the method name."""
+    layers = (params or {}).get("layers")
+    if method == "letkd" and isinstance(layers, list):
+        return f"letkd{len(layers)}"
+    return method
+
+
+def strip_seed_suffix(name: str) -> str:
+    """``cifar100-resnet56_resnet20-letkd2-seed3`` → ``cifar100-resnet56_resnet20-letkd2``."""
+    stripped = _SEED_SUFFIX.sub("", name)
+    return stripped or name
+
+
+def config_variant(config: dict[str, Any]) -> str:
+    """Short hash of ``config`` without the :data:`IGNORED_KEYS` (equal for runs that differ only by seed).
+
+    A config that parses is first completed with the defaults of every key it leaves out, so a run saved
+    before a new option existed groups with later runs that use that option's default.
+    """
+    import copy
+
+    from letkd.config import ConfigError, config_from_dict
+
+    try:
+        data = config_from_dict(copy.deepcopy(config)).model_dump(mode="json")
+    except (ConfigError, ValueError, TypeError):
+        data = copy.deepcopy(config)
+    for path in IGNORED_KEYS:
+        node = data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path.name}: cannot read ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: not a mapping")
+    return data
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path.name} line {n}: not valid JSON") from None
+        if not isinstance(row, dict) or "epoch" not in row:
+            raise ValueError(f"{path.name} line {n}: expected an object with 'epoch'")
+        rows.append(row)
+    return rows
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_run(folder: Path, include_unfinished: bool = False) -> RunRecord:
+    """Read one run folder; raises ``ValueError`` with the reason when it cannot be used."""
+    config = _read_yaml(folder / CONFIG)
+    summary: dict[str, Any] = {}
+    if (folder / SUMMARY).is_file():
+        try:
+            summary = json.loads((folder / SUMMARY).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{SUMMARY}: not valid JSON ({exc})") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{SUMMARY}: not an object")
+    elif not include_unfinished:
+        raise ValueError(f"no {SUMMARY} (unfinished run; --include-unfinished uses {METRICS})")
+    rows = _read_metrics(folder / METRICS) if (folder / METRICS).is_file() else []
+    if not summary and not rows:
+        raise ValueError(f"neither {SUMMARY} nor {METRICS}")
+    status = str(summary.get("status", "completed" if summary else "running"))
+    if summary and status != "completed" and not include_unfinished:
+        raise ValueError(f"status {status!r}" + (f": {summary['error']}" if summary.get("error") else ""))
+
+    evaluated = [(int(r["epoch"]), _number(r.get("test_top1"))) for r in rows]
+    scores = [(e, a) for e, a in evaluated if a is not None]
+    best = _number(summary.get("best_top1"))
+    last = _number(summary.get("last_top1"))
+    best_epoch = summary.get("best_epoch")
+    if best is None and scores:
+        best_epoch, best = max(scores, key=lambda ea: (ea[1], -ea[0]))
+    if last is None and scores:
+        last = scores[-1][1]
+    if best is None or last is None:
+        raise ValueError("no test accuracy recorded")
+    top5 = {int(r["epoch"]): _number(r.get("test_top5")) for r in rows}
+    last_top5 = _number(summary.get("last_top5"))
+    if last_top5 is None and scores:
+        last_top5 = top5.get(scores[-1][0])
+
+    def section(key: str) -> dict[str, Any]:
+        value = config.get(key)
+        return value if isinstance(value, dict) else {}
+
+    method = str(section("method").get("name", "vanilla"))
+    teacher = section("teacher").get("name") if config.get("teacher") else None
+    seconds = _number(summary.get("seconds_per_epoch"))
+    if seconds is None and rows:
+        per_epoch = [s for s in (_number(r.get("seconds")) for r in rows) if s is not None]
+        seconds = statistics.fmean(per_epoch) if per_epoch else None
+    return RunRecord(
+        path=folder,
+        name=strip_seed_suffix(str(config.get("name") or folder.parent.name)),
+        seed=int(config.get("seed", 0)),
+        dataset=str(section("data").get("name", "?")),
+        teacher=str(teacher) if teacher else None,
+        student=str(section("model").get("name", "?")),
+        method=method,
+        label=method_label(method, section("method").get("params")),
+        variant=config_variant(config),
+        status=status,
+        best_top1=best,
+        last_top1=last,
+        best_epoch=int(best_epoch) if isinstance(best_epoch, int) else None,
+        teacher_top1=_number(summary.get("teacher_top1")),
+        parameters=summary.get("parameters") if isinstance(summary.get("parameters"), int) else None,
+        extra_parameters=(
+            summary.get("extra_parameters") if isinstance(summary.get("extra_parameters"), int) else None
+        ),
+        seconds_per_epoch=seconds,
+        best_top5=top5.get(best_epoch) if isinstance(best_epoch, int) else None,
+        last_top5=last_top5,
+        epochs=[e for e, _ in evaluated],
+        test_top1=[a for _, a in evaluated],
+    )
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Folders holding a ``config.yaml``: each path itself if it is one, else every one below it (sorted)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise ReportError(f"no such file or folder: {p}")
+        if p.is_file():
+            p = p.parent if p.name in (CONFIG, METRICS, SUMMARY) else p
+            if not p.is_dir():
+                raise ReportError(f"{p} is a file; give run folders or folders that contain them")
+        if (p / CONFIG).is_file():
+            found.append(p)
+        else:
+            found += sorted(c.parent for c in p.rglob(CONFIG))
+    unique = list(dict.fromkeys(f.resolve() for f in found))
+    return unique
+
+
+def collect_runs(
+    paths: Iterable[str | Path],
+    skipped: list[SkippedRun] | None = None,
+    include_unfinished: bool = False,
+) -> list[RunRecord]:
+    """Read every run folder in or below ``paths``.
+
+    Folders that cannot be used (missing or corrupt files, unfinished or diverged runs) are appended to
+    ``skipped`` with the reason, or reported as warnings when ``skipped`` is None. Raises
+    :class:`ReportError` when a path does not exist or no run folder is found at all.
+    """
+    folders = find_run_dirs(paths)
+    if not folders:
+        raise ReportError(f"no run folders (with {CONFIG}) found in: {', '.join(map(str, paths))}")
+    records = []
+    for folder in folders:
+        try:
+            records.append(read_run(folder, include_unfinished))
+        except (ValueError, OSError) as exc:
+            if skipped is None:
+                warnings.warn(f"skipping {folder}: {exc}", stacklevel=2)
+            else:
+                skipped.append(SkippedRun(folder, str(exc)))
+    return records

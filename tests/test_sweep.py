@@ -1,0 +1,253 @@
+"""``letkd sweep``: a 2-config × 2-seed digits sweep through submitit's debug executor, a second call that
+skips every run, an interrupted run resumed by the local executor, validation errors, the sbatch script of
+a SLURM submission (fake ``sbatch``/``srun``) and ``letkd report --layout pairs`` on the sweep folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from letkd.cli import main as cli_main
+from letkd.sweep import (
+    SlurmOptions,
+    SweepRun,
+    build_grid,
+    prepare_dir,
+    run_local,
+    submit_slurm,
+    waves,
+    write_manifest,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["configs/digits/vanilla.yaml", "configs/digits/kd.yaml"]
+TINY = ["train.epochs=1", "data.train_subset=64", "data.test_subset=40", "data.num_workers=0",
+        "train.progress=false"]  # fmt: skip
+FILES = ("summary.json", "best.pt", "last.pt", "metrics.jsonl")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A scratch working directory with the digits configs; the teacher trains 1 epoch on 128 images."""
+    folder = tmp_path_factory.mktemp("sweep")
+    shutil.copytree(ROOT / "configs" / "digits", folder / "configs" / "digits")
+    teacher = folder / "configs" / "digits" / "teacher.yaml"
+    data = yaml.safe_load(teacher.read_text())
+    data["train"]["epochs"] = 1
+    data["data"].update(train_subset=128, test_subset=40, num_workers=0)
+    teacher.write_text(yaml.safe_dump(data))
+    old = os.getcwd()
+    os.chdir(folder)
+    yield folder
+    os.chdir(old)
+
+
+def _mtimes(out: Path) -> dict[str, float]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("*/seed*/*") if p.name in FILES}
+
+
+@pytest.fixture(scope="module")
+def sweep(workdir):
+    """The 2 × 2 sweep run once through submitit's debug executor; returns (folder, printed lines)."""
+    out = workdir / "sweeps" / "digits"
+    grid = build_grid(CONFIGS, [0, 1], out, TINY)
+    prepare_dir(out)
+    lines: list[str] = []
+    jobs = submit_slurm(grid, out, SlurmOptions(), cluster="debug", echo=lines.append)
+    assert len(jobs) == 4
+    return out, lines
+
+
+@pytest.mark.slow
+def test_debug_executor_runs_the_grid(sweep):
+    out, lines = sweep
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed*")) == [
+        "digits-kd/seed0", "digits-kd/seed1", "digits-vanilla/seed0", "digits-vanilla/seed1",
+    ]  # fmt: skip
+    for folder in out.glob("*/seed*"):
+        summary = json.loads((folder / "summary.json").read_text())
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert summary["status"] == "completed" and summary["epochs_done"] == 1
+        assert config["seed"] == int(folder.name.removeprefix("seed"))
+        assert config["data"]["train_subset"] == 64
+    assert sum(l.startswith("submit ") and "stdout" in l and "stderr" in l for l in lines) == 4
+    done = [l for l in lines if l.startswith("done ")]
+    assert len(done) == 4 and all("completed, best top-1" in l for l in done)
+
+
+@pytest.mark.slow
+def test_second_call_skips_finished_runs(sweep, capsys):
+    out, _ = sweep
+    before = _mtimes(out)
+    assert len(before) == 4 * len(FILES)
+    lines: list[str] = []
+    grid = build_grid(CONFIGS, [0, 1], out, TINY)
+    assert submit_slurm(grid, out, SlurmOptions(), cluster="debug", echo=lines.append) == []
+    assert len(lines) == 4 and all(l.startswith("skip ") and "completed" in l for l in lines)
+    assert cli_main(["sweep", *CONFIGS, "--seeds", "2", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skip ") == 4 and "0 completed, 4 skipped, 0 failed" in printed
+    assert _mtimes(out) == before  # nothing trained again
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["seeds"] == [0, 1] and len(manifest["runs"]) == 4
+    assert {r["folder"] for r in manifest["runs"]} == {f"digits-{m}/seed{s}" for m in ("vanilla", "kd")
+                                                       for s in (0, 1)}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_local_executor_resumes_an_interrupted_run(sweep, tmp_path, capsys):
+    """A folder with last.pt but no completed summary continues from its checkpoint (epoch 0 is kept)."""
+    out = tmp_path / "copy"
+    shutil.copytree(sweep[0], out)
+    folder = out / "digits-kd" / "seed1"
+    first_epoch = (folder / "metrics.jsonl").read_text().splitlines()[0]
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    others = {k: v for k, v in _mtimes(out).items() if not k.startswith("digits-kd/seed1")}
+    # two epochs now: the completed runs are skipped, the interrupted one trains its second epoch only
+    args = ["sweep", *CONFIGS, "--seeds", "2", "--out", str(out), *TINY, "train.epochs=2"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "start  digits-kd seed1 (resuming)" in printed and printed.count("skip ") == 3
+    assert "done   digits-kd seed1: completed" in printed
+    rows = (folder / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and rows[0] == first_epoch
+    assert json.loads((folder / "summary.json").read_text())["epochs_done"] == 2
+    assert "resuming from" in (out / "logs" / "digits-kd-seed1.log").read_text()
+    assert {k: v for k, v in _mtimes(out).items() if not k.startswith("digits-kd/seed1")} == others
+
+
+@pytest.mark.slow
+def test_report_pairs_on_the_sweep_folder(sweep, tmp_path, capsys):
+    out, _ = sweep
+    assert cli_main(["report", str(out), "--layout", "pairs", "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "| method | RN20→resnet8 | paper | Δ |" in printed
+    student = next(l for l in printed.splitlines() if l.startswith("| Student |"))
+    kd = next(l for l in printed.splitlines() if l.startswith("| KD |"))
+    assert "(n=2)" in student and "(n=2)" in kd
+    assert (tmp_path / "r" / "pairs.md").is_file() and (tmp_path / "r" / "pairs.csv").is_file()
+
+
+def test_bad_input_is_refused_before_anything_starts(workdir, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli_main(["sweep", "configs/digits/nope.yaml", CONFIGS[0], "--out", str(out)]) == 1
+    assert "config file not found: configs/digits/nope.yaml" in capsys.readouterr().err
+    assert cli_main(["sweep", *CONFIGS, "--out", str(out), "method.params.bogus=1"]) == 1
+    err = capsys.readouterr().err
+    assert "bogus" in err and "kd.yaml" in err
+    assert cli_main(["sweep", *CONFIGS, "--out", str(out), "train.epochs=zero"]) == 1
+    assert "train.epochs" in capsys.readouterr().err
+    assert not out.exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli_main(["sweep", CONFIGS[0], "--seeds", "1", "--out", str(blocker / "sub")]) == 1
+    assert "cannot write to the sweep folder" in capsys.readouterr().err
+    assert cli_main(["sweep", CONFIGS[0], CONFIGS[0], "--out", str(out)]) == 1
+    assert "same name" in capsys.readouterr().err
+
+
+def test_runs_that_train_the_teacher_go_first(workdir, tmp_path):
+    grid = build_grid(CONFIGS + ["configs/digits/letkd1.yaml"], [0, 1], tmp_path, TINY)
+    first, later = waves(grid)
+    assert [r.title for r in first] == ["digits-vanilla seed0", "digits-vanilla seed1", "digits-kd seed0"]
+    assert [r.title for r in later] == ["digits-kd seed1", "digits-letkd1 seed0", "digits-letkd1 seed1"]
+    pinned = build_grid(["configs/digits/kd.yaml"], [0, 1], tmp_path, ["teacher.checkpoint=t.pt"])
+    assert len(waves(pinned)) == 1  # a given teacher checkpoint: all in parallel
+
+
+def test_local_executor_pins_one_gpu_per_process(tmp_path, monkeypatch):
+    """With GPUs 0 and 1, four runs go two at a time, each process seeing one GPU."""
+    script = (
+        "import json, os, sys, time; out = sys.argv[1]; os.makedirs(out, exist_ok=True); time.sleep(0.5);"
+        "json.dump({'status': 'completed', 'best_top1': 50.0, 'last_top1': 40.0,"
+        " 'gpu': os.environ['CUDA_VISIBLE_DEVICES'], 'start': time.time()}, open(out + '/summary.json', 'w'))"
+    )
+    monkeypatch.setattr(SweepRun, "command", lambda self, resume: [sys.executable, "-c", script, self.folder])
+    grid = [SweepRun(config="c.yaml", name="c", seed=s, folder=str(tmp_path / "c" / f"seed{s}"),
+                     overrides=(), cwd=str(tmp_path)) for s in range(4)]  # fmt: skip
+    (tmp_path / "logs").mkdir()
+    lines: list[str] = []
+    assert run_local(grid, gpus=["0", "1"], echo=lines.append) == {"completed": 4, "skipped": 0, "failed": 0}
+    summaries = [json.loads(Path(r.folder, "summary.json").read_text()) for r in grid]
+    assert sorted(s["gpu"] for s in summaries) == ["0", "0", "1", "1"]
+    assert sum("on GPU 0" in l for l in lines) == 2 and sum("on GPU 1" in l for l in lines) == 2
+    assert all("best top-1 50.00%, last top-1 40.00%" in l for l in lines if l.startswith("done"))
+
+
+def test_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        SweepRun, "command", lambda self, resume: [sys.executable, "-c", "raise SystemExit(3)"]
+    )
+    grid = [SweepRun(config="c.yaml", name="c", seed=s, folder=str(tmp_path / "c" / f"seed{s}"),
+                     overrides=(), cwd=str(tmp_path)) for s in range(2)]  # fmt: skip
+    (tmp_path / "logs").mkdir()
+    lines: list[str] = []
+    assert run_local(grid, gpus=[], echo=lines.append)["failed"] == 2
+    assert sum(l.startswith("FAILED c seed") and "status 3" in l and "log:" in l for l in lines) == 2
+
+
+def test_slurm_submission_writes_the_sbatch_options(tmp_path, monkeypatch):
+    """A fake sbatch records the scripts: array with parallelism, resources, extra options, and the runs that
+    reuse a teacher trained by the first one depend on it."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "scripts"
+    bin_dir.mkdir()
+    record.mkdir()
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\nn=$(ls {record} | wc -l)\ncp "$1" {record}/script$n.sh\n'
+        'echo "Submitted batch job $((700 + n))"\n'
+    )
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    grid = [SweepRun(config="c.yaml", name="c", seed=s, folder=str(tmp_path / "out" / "c" / f"seed{s}"),
+                     overrides=(f"seed={s}",), cwd=str(tmp_path), teacher_key="t.yaml")
+            for s in range(3)]  # fmt: skip
+    options = SlurmOptions(partition="gpu", time_min=720, gpus_per_job=2, cpus_per_job=8, mem_gb=32,
+                           array_parallelism=2, sbatch={"account": "abc"})  # fmt: skip
+    lines: list[str] = []
+    jobs = submit_slurm(grid, tmp_path / "out", options, echo=lines.append)
+    assert [j.job_id for j in jobs] == ["700", "701_0", "701_1"]
+    assert (
+        lines[1].startswith("submit c seed1: job 701_0  stdout ") and "submitit/701_0_0_log.err" in lines[1]
+    )
+    first, second = (record / "script0.sh").read_text(), (record / "script1.sh").read_text()
+    for option in ("--partition=gpu", "--time=720", "--gpus-per-node=2", "--cpus-per-task=8", "--mem=32GB",
+                   "--account=abc", "--job-name=letkd"):  # fmt: skip
+        assert f"#SBATCH {option}\n" in first and f"#SBATCH {option}\n" in second
+    assert "--array=0-1%2" in second and "--dependency=afterany:700" in second
+    assert "--dependency" not in first and (tmp_path / "out" / "submitit").is_dir()
+
+
+def test_command_help_is_complete(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["sweep", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    words = ("--seeds", "--out", "--executor", "--partition", "--time", "--gpus-per-job", "--cpus-per-job",
+             "--mem-gb", "--array-parallelism", "--sbatch", "sweep.json", "letkd report")  # fmt: skip
+    for word in words:
+        assert word in text, word
+    assert cli_main(["sweep", CONFIGS[0], "--seeds", "0"]) == 1
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+
+
+def test_manifest_lists_the_runs_of_every_call(workdir, tmp_path):
+    write_manifest(tmp_path, build_grid(CONFIGS[:1], [0, 1], tmp_path, TINY), {"executor": "local"})
+    write_manifest(tmp_path, build_grid(CONFIGS, [1, 2], tmp_path, TINY), {"executor": "slurm"})
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert sorted(r["folder"] for r in data["runs"]) == [
+        "digits-kd/seed1", "digits-kd/seed2", "digits-vanilla/seed0", "digits-vanilla/seed1",
+        "digits-vanilla/seed2",
+    ]  # fmt: skip
+    assert data["seeds"] == [0, 1, 2] and data["settings"] == {"executor": "slurm"}
+    run = next(r for r in data["runs"] if r["folder"] == "digits-kd/seed2")
+    assert run["overrides"][-1] == "seed=2" and run["config"].endswith("configs/digits/kd.yaml")
