@@ -3,7 +3,7 @@
 Stages and their share of ``--budget-s`` (each with a hard timeout, so the command always ends and always
 writes its summary):
 
-- ``tests``  — ``pytest tests/test_cuda.py`` (runs beside the claim; correctness only), 30 %;
+- ``tests``  — ``pytest tests/test_cuda.py`` (runs beside the claim; correctness only), 55 %;
 - ``claim``  — :mod:`benchmarks.gpu.claim` (several training processes on the GPU), 62 %;
 - ``speed``  — :mod:`benchmarks.gpu.speed`, alone on the GPU after the other two, what is left (≈ 35 %).
 
@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARES = {"tests": 0.30, "claim": 0.62}
+SHARES = {"tests": 0.55, "claim": 0.62}
 
 
 def start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
