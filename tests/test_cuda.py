@@ -296,7 +296,7 @@ def test_supervision_extraction_and_targets_on_the_device(tmp_path):
     assert on_device.num_rows == on_cpu.num_rows == 40 * 8 * 8
     np.testing.assert_allclose(on_device.rows, on_cpu.rows, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(on_device.labels, on_cpu.labels)
-    features = torch.from_numpy(np.asarray(on_cpu.rows[: 4 * 64])).reshape(4, 8, 8, 64).permute(0, 3, 1, 2)
+    features = torch.from_numpy(np.array(on_cpu.rows[: 4 * 64])).reshape(4, 8, 8, 64).permute(0, 3, 1, 2)
     labels = torch.arange(4) % NC
     for module, args in ((_codebook(), (features,)), (_subclass(), (features, labels))):
         expected = module(*args)
