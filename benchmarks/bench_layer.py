@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from benchmarks._common import trainer_memory_setting
 from letkd.graft import graft, graft_scores
 from letkd.layers import KDLayer
-from letkd.template_loss import template_kl
 from letkd.models import create_model
+from letkd.template_loss import template_kl
 
 BATCH, K, WARMUP, REPEATS = 64, 4096, 2, 5
 

@@ -1,14 +1,19 @@
-"""Checkpoint loading: accepted layouts, refusal of code-executing pickles, strict mismatch reports."""
+"""Checkpoint files and model weights: the atomic writer, training checkpoints with RNG state, accepted
+layouts, refusal of code-executing pickles, strict mismatch reports."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import random
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from letkd.checkpoints import save_checkpoint
+from letkd.engine.state import capture_rng_state, load_checkpoint, restore_rng_state
 from letkd.models import CheckpointError, create_model, load_weights, save_weights
 
 EXECUTED: list[str] = []
@@ -225,3 +230,55 @@ def test_files_without_a_state_dict(tmp_path):
     (tmp_path / "c.pth").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_weights(create_model("resnet8"), tmp_path / "c.pth")
+
+
+# ------------------------------------------------------------------------------- training checkpoints
+
+
+def test_checkpoint_round_trip_and_rng(tmp_path):
+    state = {"model": {"w": torch.arange(4.0)}, "optimizer": {}, "epoch": 2, "meta": {"x": [1, "a"]}}
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    state["rng"] = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    save_checkpoint(state, tmp_path / "a.pt", tmp_path / "b.pt")
+    loaded = load_checkpoint(tmp_path / "b.pt")
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["epoch"] == 2
+    restore_rng_state(loaded["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    good = tmp_path / "good.pt"
+    save_checkpoint({"model": {}, "optimizer": {}, "epoch": 0, "meta": {}, "pad": torch.zeros(1000)}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(garbage)
+    plain = tmp_path / "plain.pt"
+    torch.save({"model": {}}, plain)
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_checkpoint(plain)
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {}, "optimizer": {}, "epoch": 1, "meta": {}}, path)
+    before = path.read_bytes()
+
+    def crash(fd):
+        raise OSError("disk died")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk died"):
+        save_checkpoint({"model": {}, "optimizer": {}, "epoch": 2, "meta": {}}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind

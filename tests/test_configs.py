@@ -14,6 +14,7 @@ from letkd.data import dataset_info
 from letkd.methods import get_method
 from letkd.methods.fitnet import HintRegressor
 from letkd.models import create_model, feature_stages
+from letkd.models.published import TEACHERS, is_published_name, published_teacher
 from letkd.taps import feature_shape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def test_cifar100_configs_follow_the_paper(pair):
         assert pair.endswith(f"_{cfg.model.name}")
         if cfg.teacher:
             assert pair == f"{cfg.teacher.name}_{cfg.model.name}"
-            assert cfg.teacher.checkpoint == f"checkpoints/{cfg.teacher.name}_vanilla/ckpt_epoch_240.pth"
+            assert cfg.teacher.checkpoint == f"crd:{cfg.teacher.name}"  # the published teacher
     letkd1 = get_method("letkd").parse_params(_load(folder / "letkd1.yaml").method.params)
     letkd2 = get_method("letkd").parse_params(_load(folder / "letkd2.yaml").method.params)
     quest = get_method("quest").parse_params(_load(folder / "quest.yaml").method.params)
@@ -137,6 +138,21 @@ def test_cifar100_configs_follow_the_paper(pair):
     assert (dkd.alpha, dkd.temperature, dkd.warmup) == (1.0, 4.0, 20)
     assert dkd.beta == {"resnet56_resnet20": 2.0, "resnet110_resnet32": 2.0, "resnet110_resnet20": 2.0,
                         "wrn_40_2_wrn_16_2": 6.0, "wrn_40_2_wrn_40_1": 6.0}.get(pair, 8.0)
+
+
+def test_cifar100_configs_name_published_teachers_of_the_table():
+    distill = [p for p in (ROOT / "configs" / "cifar100").glob("*/*.yaml") if p.parent.name != "teachers"]
+    named = set()
+    for path in distill:
+        cfg = _load(path)
+        if cfg.teacher is None:
+            continue
+        teacher = published_teacher(cfg.teacher.checkpoint)  # raises for a name the table does not know
+        assert is_published_name(cfg.teacher.checkpoint) and teacher.arch == cfg.teacher.name, path
+        assert teacher.num_classes == dataset_info(cfg.data.name).num_classes
+        named.add(teacher.arch)
+    assert named == {"wrn_40_2", "resnet56", "resnet110", "resnet32x4", "ResNet50"}  # SPEC §7's teachers
+    assert {p.stem for p in (ROOT / "configs" / "cifar100" / "teachers").glob("*.yaml")} == set(TEACHERS)
 
 
 @pytest.mark.parametrize("dataset", ["tiny_imagenet", "imagenet"])

@@ -376,20 +376,3 @@ def test_download_fetches_missing_fashion_mnist(tmp_path, monkeypatch):
     assert (root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()
     create_dataset("fashion_mnist", "test", root=root, download=True)
     assert len(fetched) == 4  # already there: nothing fetched again
-
-
-def test_download_fetches_missing_cifar100(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tv_utils
-
-    rng = np.random.default_rng(7)
-    calls = []
-
-    def fake_download_and_extract(url, download_root, filename=None, md5=None, **kwargs):
-        calls.append((url, md5))
-        folder = Path(download_root) / "cifar-100-python"
-        for split, n in (("train", 4), ("test", 2)):
-            _write_pickle(folder / split, _cifar_batch(rng, n, b"fine_labels", 100)[0])
-
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download_and_extract)
-    test = create_dataset("cifar100", "test", root=tmp_path, download=True)
-    assert len(test) == 2 and calls[0][0].endswith("cifar-100-python.tar.gz") and calls[0][1]

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from letkd.cli import main
+from letkd.commands.demo import DEMO_METHODS, locate_demo_configs
 from letkd.config import load_config
-from letkd.demo import DEMO_METHODS, locate_demo_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"train_subset": 384, "test_subset": 300}

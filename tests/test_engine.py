@@ -1,14 +1,11 @@
-"""Training engine: LR schedules, checkpoints, metrics, optimizer, NaN stop, Ctrl-C, end-to-end training."""
+"""Training loop: run folder, per-step LR, NaN stop, Ctrl-C, resume, AMP, end-to-end training on digits."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,150 +17,16 @@ from letkd.config import RunConfig, config_from_dict
 from letkd.engine import (
     CheckpointError,
     NonFiniteLossError,
-    SumMeter,
     Trainer,
-    build_optimizer,
     build_test_loader,
     build_train_loader,
     evaluate,
     load_checkpoint,
     lr_at_epoch,
-    save_checkpoint,
-    topk_correct,
 )
-from letkd.engine.checkpoint import capture_rng_state, restore_rng_state
 from letkd.engine.distributed import DistInfo
 from letkd.methods.vanilla import Vanilla
 from letkd.pipeline import train_from_config
-
-# ----------------------------------------------------------------------------------------- schedules
-
-
-def test_step_schedule_matches_paper_table():
-    cfg = config_from_dict({"train": {"lr": 0.05, "epochs": 240}}).train
-    expected = {0: 0.05, 149: 0.05, 150: 0.005, 179: 0.005, 180: 5e-4, 209: 5e-4, 210: 5e-5, 239: 5e-5}
-    for epoch, lr in expected.items():
-        assert lr_at_epoch(cfg, epoch) == pytest.approx(lr, rel=1e-12), epoch
-
-
-def test_step_schedule_heterogeneous_lr():
-    cfg = config_from_dict({"train": {"lr": 0.01}}).train
-    assert [lr_at_epoch(cfg, e) for e in (149, 150, 180, 210)] == pytest.approx([0.01, 1e-3, 1e-4, 1e-5])
-
-
-def test_cosine_schedule_with_warmup():
-    schedule = {"type": "cosine", "warmup_epochs": 2, "min_lr": 0.0}
-    cfg = config_from_dict({"train": {"lr": 0.1, "epochs": 12, "schedule": schedule}}).train
-    # warm-up scales the cosine value (which is still lr at epochs 0 and 1) by 1/3 and 2/3
-    assert lr_at_epoch(cfg, 0) == pytest.approx(0.1 / 3)
-    assert lr_at_epoch(cfg, 1) == pytest.approx(0.2 / 3)
-    assert lr_at_epoch(cfg, 2) == pytest.approx(0.1)
-    assert lr_at_epoch(cfg, 7) == pytest.approx(0.05 * (1 + math.cos(math.pi * 5 / 10)))
-    values = [lr_at_epoch(cfg, e) for e in range(2, 12)]
-    assert all(a > b for a, b in zip(values, values[1:]))
-
-
-def test_constant_schedule():
-    cfg = config_from_dict({"train": {"lr": 0.3, "schedule": {"type": "constant"}}}).train
-    assert {lr_at_epoch(cfg, e) for e in (0, 5, 200)} == {0.3}
-
-
-# ------------------------------------------------------------------------------------------- metrics
-
-
-def test_topk_correct_matches_argsort():
-    gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(50, 7, generator=gen)
-    labels = torch.randint(0, 7, (50,), generator=gen)
-    order = np.argsort(-logits.numpy(), axis=1)
-    for k, got in zip((1, 3, 5), topk_correct(logits, labels, (1, 3, 5)).tolist()):
-        want = sum(labels[i].item() in order[i, :k] for i in range(50))
-        assert got == want
-
-
-def test_topk_correct_with_fewer_classes_than_k():
-    logits = torch.randn(6, 3)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    assert topk_correct(logits, labels, (5,)).tolist() == [6.0]
-
-
-def test_sum_meter_means():
-    meter = SumMeter()
-    meter.add({"loss": 2.0 * 4, "correct": 3}, 4)
-    meter.add({"loss": 1.0 * 6, "correct": 6}, 6)
-    assert meter.count == 10
-    assert meter.mean("loss") == pytest.approx(1.4)
-    assert meter.mean("correct") == pytest.approx(0.9)
-    meter.all_reduce()  # no process group: unchanged
-    assert meter.mean("loss") == pytest.approx(1.4)
-
-
-# --------------------------------------------------------------------------------------- checkpoints
-
-
-def test_checkpoint_round_trip_and_rng(tmp_path):
-    state = {"model": {"w": torch.arange(4.0)}, "optimizer": {}, "epoch": 2, "meta": {"x": [1, "a"]}}
-    random.seed(3)
-    np.random.seed(4)
-    torch.manual_seed(5)
-    state["rng"] = capture_rng_state()
-    expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    save_checkpoint(state, tmp_path / "a.pt", tmp_path / "b.pt")
-    loaded = load_checkpoint(tmp_path / "b.pt")
-    assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["epoch"] == 2
-    restore_rng_state(loaded["rng"])
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
-    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
-
-
-def test_load_checkpoint_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "missing.pt")
-    good = tmp_path / "good.pt"
-    save_checkpoint({"model": {}, "optimizer": {}, "epoch": 0, "meta": {}, "pad": torch.zeros(1000)}, good)
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="corrupt"):
-        load_checkpoint(truncated)
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="corrupt"):
-        load_checkpoint(garbage)
-    plain = tmp_path / "plain.pt"
-    torch.save({"model": {}}, plain)
-    with pytest.raises(CheckpointError, match="lacks"):
-        load_checkpoint(plain)
-
-
-def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    save_checkpoint({"model": {}, "optimizer": {}, "epoch": 1, "meta": {}}, path)
-    before = path.read_bytes()
-
-    def crash(fd):
-        raise OSError("disk died")
-
-    monkeypatch.setattr(os, "fsync", crash)
-    with pytest.raises(OSError, match="disk died"):
-        save_checkpoint({"model": {}, "optimizer": {}, "epoch": 2, "meta": {}}, path)
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
-
-
-# ----------------------------------------------------------------------------------------- optimizer
-
-
-def test_weight_decay_on_all_trainable_parameters_by_default():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(36, 2))
-    params = list(model.parameters())
-    opt = build_optimizer(params, config_from_dict({}).train)
-    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 5e-4
-    assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
-    assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in params}
-    opt = build_optimizer(params, config_from_dict({"train": {"decay_norm_and_bias": False}}).train)
-    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert decayed == {id(model[0].weight), id(model[3].weight)}
-
 
 # ------------------------------------------------------------------------------- trainer (synthetic)
 
@@ -315,20 +178,6 @@ def test_resume_refuses_missing_or_corrupt_checkpoint(tmp_path):
         trainer.resume()
 
 
-def test_evaluate_matches_manual_loop():
-    torch.manual_seed(0)
-    model = TinyNet().eval()
-    x, y = torch.randn(50, 3, 8, 8), torch.randint(0, 4, (50,))
-    cfg = synthetic_cfg()
-    loader = build_test_loader(TensorDataset(x, y), cfg, DistInfo(), torch.device("cpu"))
-    result = evaluate(model, loader, torch.device("cpu"))
-    with torch.no_grad():
-        logits = model(x)
-    assert result["count"] == 50
-    assert result["top1"] == pytest.approx(100.0 * (logits.argmax(1) == y).float().mean().item())
-    assert result["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
-
-
 # ---------------------------------------------------------------------------------- digits end to end
 
 
@@ -358,11 +207,11 @@ def test_train_from_config_on_digits(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_images"] for r in rows] == [128, 128]  # 4 steps of 32
     # the saved weights evaluate to the accuracy the run reported
-    from letkd.commands.evaluate import load_model_for_eval
     from letkd.data import create_dataset, subset
+    from letkd.deploy import load_student
 
-    model, name = load_model_for_eval(str(run / "last.pt"), None, None, "digits")
-    assert name == "resnet8"
+    model, meta = load_student(run / "last.pt", dataset="digits")
+    assert meta["model_name"] == "resnet8" and meta["num_classes"] == 10
     test = subset(create_dataset("digits", "test", transform="test"), 120, None)
     loader = torch.utils.data.DataLoader(test, batch_size=100)
     result = evaluate(model.eval(), loader, torch.device("cpu"))

@@ -1,15 +1,60 @@
-"""`letkd eval`: RepDistiller-format files, our checkpoints with grafted KD layers, clear errors."""
+"""Evaluation: top-k counts, sums, evaluate(), and `letkd eval` on RepDistiller-format files and our
+checkpoints with grafted KD layers, with clear errors."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from letkd.cli import main
 from letkd.data import create_dataset
+from letkd.engine import SumMeter, evaluate, topk_correct
 from letkd.models import create_model
+
+
+def test_topk_correct_matches_argsort():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(50, 7, generator=gen)
+    labels = torch.randint(0, 7, (50,), generator=gen)
+    order = np.argsort(-logits.numpy(), axis=1)
+    for k, got in zip((1, 3, 5), topk_correct(logits, labels, (1, 3, 5)).tolist()):
+        want = sum(labels[i].item() in order[i, :k] for i in range(50))
+        assert got == want
+
+
+def test_topk_correct_with_fewer_classes_than_k():
+    logits = torch.randn(6, 3)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert topk_correct(logits, labels, (5,)).tolist() == [6.0]
+
+
+def test_sum_meter_means():
+    meter = SumMeter()
+    meter.add({"loss": 2.0 * 4, "correct": 3}, 4)
+    meter.add({"loss": 1.0 * 6, "correct": 6}, 6)
+    assert meter.count == 10
+    assert meter.mean("loss") == pytest.approx(1.4)
+    assert meter.mean("correct") == pytest.approx(0.9)
+    meter.all_reduce()  # no process group: unchanged
+    assert meter.mean("loss") == pytest.approx(1.4)
+
+
+def test_evaluate_matches_manual_loop():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).eval()
+    x, y = torch.randn(50, 3, 8, 8), torch.randint(0, 4, (50,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)  # the last batch is smaller
+    result = evaluate(model, loader, torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(x)
+    assert result["count"] == 50
+    assert result["top1"] == pytest.approx(100.0 * (logits.argmax(1) == y).float().mean().item())
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
 
 
 def reference_metrics(model: torch.nn.Module) -> tuple[float, float, float]:
@@ -61,7 +106,8 @@ def test_eval_repdistiller_checkpoint(tmp_path, capsys):
 
 
 def test_eval_reapplies_grafts_recorded_in_checkpoint(tmp_path, capsys):
-    from letkd.graft import graft, graft_spec
+    from letkd.deploy import graft_spec
+    from letkd.graft import graft
     from letkd.layers import KDLayer
 
     model = perturbed_resnet8()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from letkd.checkpoints import save_checkpoint
 from letkd.cli import main
-from letkd.graft import graft, graft_spec
+from letkd.config import config_from_dict
+from letkd.deploy import graft_spec, load_student
+from letkd.graft import graft
 from letkd.layers import KDLayer
 from letkd.models import create_model
-from letkd.utils import atomic_torch_save
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def grafted_checkpoint(tmp_path_factory):
     model.eval()
     path = tmp_path_factory.mktemp("export") / "student.pt"
     meta = {"model_name": "resnet8", "num_classes": 7, "input_size": [3, 32, 32], "grafts": graft_spec(model)}
-    atomic_torch_save({"model": model.state_dict(), "epoch": 3, "metrics": {"top1": 0.1}, "meta": meta}, path)
+    save_checkpoint({"model": model.state_dict(), "epoch": 3, "metrics": {"top1": 0.1}, "meta": meta}, path)
     return path, model
 
 
@@ -45,12 +47,15 @@ def test_export_pt2_and_onnx_match_the_grafted_model(grafted_checkpoint, tmp_pat
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
 
 
-def test_export_of_bare_state_dict_needs_the_model_name(tmp_path):
+def test_export_of_bare_state_dict_needs_the_model_name(tmp_path, capsys):
     model = create_model("resnet8", num_classes=5).eval()
     path = tmp_path / "plain.pt"
-    atomic_torch_save(model.state_dict(), path)
-    with pytest.raises(ValueError, match="--model"):
-        main(["export", str(path), "--out", str(tmp_path / "a.pt2")])
+    save_checkpoint(model.state_dict(), path)
+    assert main(["export", str(path), "--out", str(tmp_path / "a.pt2")]) == 1
+    assert "--model is required" in capsys.readouterr().err
+    assert main(["export", str(path), "--out", str(tmp_path / "a.pt2"), "--model", "resnet8"]) == 1
+    assert "--num-classes" in capsys.readouterr().err
+    assert not (tmp_path / "a.pt2").exists()
     out = tmp_path / "b.pt2"
     assert main(["export", str(path), "--out", str(out), "--model", "resnet8", "--num-classes", "5"]) == 0
     x = torch.randn(2, 3, 32, 32)
@@ -58,9 +63,37 @@ def test_export_of_bare_state_dict_needs_the_model_name(tmp_path):
         torch.testing.assert_close(torch.export.load(out).module()(x), model(x), atol=1e-5, rtol=1e-5)
 
 
-def test_export_refuses_kd_weights_without_graft_metadata(grafted_checkpoint, tmp_path):
+def test_export_refuses_kd_weights_without_graft_metadata(grafted_checkpoint, tmp_path, capsys):
     path, model = grafted_checkpoint
     bare = tmp_path / "bare.pt"
-    atomic_torch_save({"model": model.state_dict()}, bare)
-    with pytest.raises(ValueError, match="graft metadata"):
-        main(["export", str(bare), "--out", str(tmp_path / "c.pt2"), "--model", "resnet8", "--num-classes=7"])
+    save_checkpoint({"model": model.state_dict()}, bare)
+    args = ["export", str(bare), "--out", str(tmp_path / "c.pt2"), "--model", "resnet8", "--num-classes=7"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "graft metadata" in err and "unexpected keys" in err and "layer3.letkd.templates.weight" in err
+
+
+def test_export_rebuilds_a_student_built_with_model_kwargs(tmp_path):
+    """The checkpoint's config.model.kwargs (a width that changes most layers) shape the rebuilt model."""
+    name = "torchvision:mobilenet_v2"
+    cfg = config_from_dict({"model": {"name": name, "num_classes": 6, "kwargs": {"width_mult": 0.25}}})
+    torch.manual_seed(2)
+    model = create_model(name, 6, **cfg.model.kwargs)
+    assert model.state_dict().keys() == create_model(name, 6).state_dict().keys()  # same keys, other shapes
+    graft(model, "features.14", KDLayer(model.features[14].out_channels, 5))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))  # non-trivial BN statistics
+    model.eval()
+    meta = {"model_name": name, "num_classes": 6, "input_size": [3, 32, 32],
+            "config": cfg.model_dump(mode="json"), "grafts": graft_spec(model)}  # fmt: skip
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": model.state_dict(), "optimizer": {}, "epoch": 0, "meta": meta}, path)
+    rebuilt, _ = load_student(path)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), atol=0, rtol=0)
+    out = tmp_path / "student.pt2"
+    assert main(["export", str(path), "--out", str(out)]) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(out).module()(x), model(x), atol=1e-5, rtol=1e-5)

@@ -11,19 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from letkd.deploy import BakedGraft, apply_graft_spec, bake, graft_spec, load_into_grafted
 from letkd.graft import (
-    BakedGraft,
     GraftError,
-    apply_graft_spec,
-    bake,
     clear_graft_scores,
     describe_grafts,
     graft,
     graft_kd_layers,
     graft_scores,
-    graft_spec,
     grafts,
-    load_into_grafted,
     ungraft,
 )
 from letkd.layers import KDLayer, TemplateHead

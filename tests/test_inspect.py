@@ -105,9 +105,10 @@ def test_page_links_decodable_pictures_and_numbers(inspected):
 
 
 def test_student_maps_are_the_argmax_of_the_grafted_layers_scores(letkd2_run, inspected):
-    from letkd.models.taps import resolve_tap
+    from letkd.taps import resolve_tap
 
-    from letkd.graft import apply_graft_spec, graft_scores
+    from letkd.deploy import apply_graft_spec
+    from letkd.graft import graft_scores
     from letkd.models import create_model
 
     ckpt = torch.load(letkd2_run / "best.pt", weights_only=True)
@@ -125,7 +126,7 @@ def test_student_maps_are_the_argmax_of_the_grafted_layers_scores(letkd2_run, in
 
 
 def test_teacher_maps_are_the_argmax_of_the_supervision_targets(scratch, inspected):
-    from letkd.models.taps import resolve_tap
+    from letkd.taps import resolve_tap
 
     from letkd.models import create_model, load_weights
     from letkd.supervision import load_artifact

@@ -85,7 +85,7 @@ def test_letkd_students_carry_their_kd_layers(summaries, method, grafts):
 
 
 def test_exported_letkd_student_reproduces_the_trained_model(summaries, tmp_path):
-    from letkd.graft import apply_graft_spec
+    from letkd.deploy import apply_graft_spec
     from letkd.models import create_model
 
     ckpt_path = Path(summaries["letkd2"]["run_dir"]) / "best.pt"

@@ -20,7 +20,7 @@ _EXPORTS = {
     "graft": "letkd.graft",
     "ungraft": "letkd.graft",
     "graft_scores": "letkd.graft",
-    "bake": "letkd.graft",
+    "bake": "letkd.deploy",
     "FeatureTaps": "letkd.taps",
     # models and data
     "create_model": "letkd.models",

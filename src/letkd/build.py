@@ -29,8 +29,9 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     from letkd.data import create_dataset, subset
 
     d = cfg.data
-    train = create_dataset(d.name, "train", root=d.root, transform="auto" if d.augment else "test")
-    test = create_dataset(d.name, "test", root=d.root, transform="test")
+    kind = "auto" if d.augment else "test"
+    train = create_dataset(d.name, "train", root=d.root, transform=kind, download=d.download)
+    test = create_dataset(d.name, "test", root=d.root, transform="test", download=d.download)
     if d.train_subset is not None and d.train_subset < len(train):
         train = subset(train, d.train_subset, cfg.seed)
     if d.test_subset is not None and d.test_subset < len(test):

@@ -41,6 +41,9 @@ class DataConfig(_Strict):
         description="hold the dataset as one uint8 tensor on the training device and crop/flip/normalise "
         "batches there (in-memory 32x32 datasets: cifar10, cifar100, fashion_mnist, digits); docs/data.md",
     )
+    download: bool = Field(
+        False, description="fetch CIFAR-10/100 or Tiny-ImageNet when missing (docs/data.md); ImageNet never"
+    )
 
 
 class ModelConfig(_Strict):

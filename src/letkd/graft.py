@@ -3,8 +3,9 @@
 ``graft(model, "layer3", KDLayer(64, 4096))`` adds the KD layer as a child ``letkd`` of ``model.layer3``
 (state_dict keys ``layer3.letkd.*``; every original key is unchanged) and registers a forward hook on
 ``layer3`` that replaces its output by the KD layer's ``x_hat`` and records the template ``scores``
-(:func:`graft_scores`). The graft survives ``copy.deepcopy`` and ``state_dict`` round trips; :func:`bake`
-turns the hooks into plain modules for ``torch.export``/ONNX.
+(:func:`graft_scores`). The graft survives ``copy.deepcopy`` and ``state_dict`` round trips. Deployment —
+describing and re-creating grafts, rebuilding a student from a checkpoint, :func:`~letkd.deploy.bake` for
+``torch.export``/ONNX — is :mod:`letkd.deploy`.
 
 Details:
 
@@ -17,20 +18,19 @@ Details:
   (as ``torch.nn.utils.parametrize`` does) that hides the graft child from iteration, ``len`` and indexing.
 - The graft hook runs before any other forward hook of the target, so feature taps see ``x_hat``.
 - Deep-copied models keep their grafts; pickling a whole model whose ``nn.Sequential`` was grafted is not
-  supported (save ``state_dict`` plus :func:`graft_spec` instead).
+  supported (save ``state_dict`` plus :func:`letkd.deploy.graft_spec` instead).
 """
 
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from letkd.layers import KDLayer, TemplateHead
 from letkd.taps import UnknownTapError, resolve_tap
 
 GRAFT_NAME = "letkd"
@@ -249,8 +249,8 @@ def ungraft(model: nn.Module, target: str) -> nn.Module:
         raise GraftError(f"{path!r} is not grafted")
     hook_id, hook = found
     host._forward_hooks.pop(hook_id)
-    for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
-        getattr(host, extra, {}).pop(hook_id, None)
+    host._forward_hooks_with_kwargs.pop(hook_id, None)
+    host._forward_hooks_always_called.pop(hook_id, None)
     module = host._modules.pop(hook.name)
     _unhide_child(host, hook.name)
     tracker = hook.tracker
@@ -260,14 +260,19 @@ def ungraft(model: nn.Module, target: str) -> nn.Module:
     return module
 
 
+def graft_points(model: nn.Module) -> list[GraftHandle]:
+    """A handle for every graft inside ``model`` (target paths relative to ``model``), in module order."""
+    points = []
+    for path, mod in model.named_modules():
+        found = _graft_hook(mod)
+        if found is not None:
+            points.append(GraftHandle(model, path, found[1].name))
+    return points
+
+
 def grafts(model: nn.Module) -> dict[str, nn.Module]:
     """``{target path: grafted module}`` for every graft inside ``model``, in module order."""
-    found = {}
-    for path, mod in model.named_modules():
-        hook = _graft_hook(mod)
-        if hook is not None:
-            found[path] = mod._modules[hook[1].name]
-    return found
+    return {point.target: point.module for point in graft_points(model)}
 
 
 def graft_scores(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -294,129 +299,16 @@ def clear_graft_scores(model: nn.Module) -> None:
 
 def describe_grafts(model: nn.Module) -> list[dict[str, Any]]:
     """One dict per graft point, for logs and run metadata: target, name, type, parameters, settings."""
-    out = []
-    for path, mod in model.named_modules():
-        found = _graft_hook(mod)
-        if found is None:
-            continue
-        child = mod._modules[found[1].name]
-        out.append(
-            {
-                "target": path,
-                "name": found[1].name,
-                "type": type(child).__name__,
-                "parameters": sum(p.numel() for p in child.parameters()),
-                "settings": child.extra_repr(),
-            }
-        )
-    return out
-
-
-def graft_spec(model: nn.Module) -> list[dict[str, Any]]:
-    """A JSON-able description of the grafts of ``model`` that :func:`apply_graft_spec` can rebuild.
-
-    Each entry: ``target``, ``name``, ``kind`` (``"kd_layer"`` or ``"template_head"``), ``channels``,
-    ``num_templates``, ``template_scale`` and, for KD layers, ``alpha`` and ``value_scale`` (initial scale
-    values; the trained ones live in the state_dict).
-    """
-    spec = []
-    for path, mod in model.named_modules():
-        found = _graft_hook(mod)
-        if found is None:
-            continue
-        child = mod._modules[found[1].name]
-        entry: dict[str, Any] = {"target": path, "name": found[1].name}
-        if isinstance(child, KDLayer):
-            entry.update(kind="kd_layer", alpha=child.alpha, value_scale=child.value_scale)
-        elif isinstance(child, TemplateHead):
-            entry.update(kind="template_head")
-        else:
-            raise GraftError(f"cannot describe grafted {type(child).__name__} at {path!r}")
-        entry.update(
-            channels=child.channels, num_templates=child.num_templates, template_scale=child.template_scale
-        )
-        spec.append(entry)
-    return spec
-
-
-def apply_graft_spec(model: nn.Module, spec: Iterable[Mapping[str, Any]]) -> list[GraftHandle]:
-    """Re-create the grafts described by :func:`graft_spec` on a fresh (un-grafted) ``model``."""
-    handles = []
-    for entry in spec:
-        kind = entry.get("kind", "kd_layer")
-        if kind == "kd_layer":
-            module: nn.Module = KDLayer(
-                int(entry["channels"]),
-                int(entry["num_templates"]),
-                alpha=float(entry.get("alpha", 1.0)),
-                template_scale=float(entry.get("template_scale", 3.0)),
-                value_scale=float(entry.get("value_scale", 1.0)),
-            )
-        elif kind == "template_head":
-            module = TemplateHead(
-                int(entry["channels"]),
-                int(entry["num_templates"]),
-                template_scale=float(entry.get("template_scale", 3.0)),
-            )
-        else:
-            raise GraftError(f"unknown graft kind {kind!r} in graft spec entry {dict(entry)}")
-        handles.append(graft(model, entry["target"], module, name=entry.get("name", GRAFT_NAME)))
-    return handles
-
-
-def load_into_grafted(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Load a checkpoint into a grafted ``model``: all base keys strictly, graft keys when present.
-
-    A vanilla (un-grafted, e.g. RepDistiller) state_dict loads with the graft modules left as initialised; a
-    grafted one loads completely. Raises ``RuntimeError`` for any other missing or unexpected key (nothing
-    is loaded then). Returns the graft keys the state_dict did not provide.
-    """
-    prefixes = tuple(f"{path}.{mod_name}." for path, mod_name in _graft_names(model))
-    expected = set(model.state_dict().keys())
-    given = set(state_dict.keys())
-    # BatchNorm fills in a missing num_batches_tracked itself (checkpoints of old PyTorch versions lack it)
-    missing_base = sorted(
-        k for k in expected - given if not k.startswith(prefixes) and not k.endswith("num_batches_tracked")
-    )
-    unexpected = sorted(given - expected)
-    if missing_base or unexpected:
-        raise RuntimeError(
-            f"state_dict does not fit {type(model).__name__}: missing keys {missing_base[:10]}"
-            f"{' …' if len(missing_base) > 10 else ''}, unexpected keys {unexpected[:10]}"
-            f"{' …' if len(unexpected) > 10 else ''}"
-        )
-    return model.load_state_dict(state_dict, strict=False).missing_keys
-
-
-class BakedGraft(nn.Module):
-    """A hook-free graft for deployment: ``forward(x) = graft(base(x))[0]`` (``x_hat`` of the KD layer)."""
-
-    def __init__(self, base: nn.Module, graft: nn.Module) -> None:
-        super().__init__()
-        self.base = base
-        self.graft = graft
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The base module's output ``(B, C, H, W)`` transformed by the graft."""
-        out = self.graft(self.base(*args, **kwargs))
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def bake(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` without hooks: each grafted target becomes ``BakedGraft(target, module)``.
-
-    Grafts that do not change the output (template heads, KD layers with ``alpha == 0``) are dropped. In eval
-    mode the result computes exactly what ``model`` computes, and ``torch.export`` / ONNX see a plain module
-    tree. ``model`` itself is not modified. State_dict keys of baked targets become ``<target>.base.*`` and
-    ``<target>.graft.*``.
-    """
-    baked = copy.deepcopy(model)
-    targets = sorted(grafts(baked), key=lambda p: p.count(".") + 1, reverse=True)
-    for path in targets:
-        module = ungraft(baked, path)
-        if getattr(module, "modifies_output", True):
-            _set_submodule(baked, path, BakedGraft(baked.get_submodule(path), module))
-    return baked
+    return [
+        {
+            "target": point.target,
+            "name": point.name,
+            "type": type(point.module).__name__,
+            "parameters": sum(p.numel() for p in point.module.parameters()),
+            "settings": point.module.extra_repr(),
+        }
+        for point in graft_points(model)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -428,11 +320,6 @@ def _graft_hook(module: nn.Module) -> tuple[int, _GraftHook] | None:
         if isinstance(hook, _GraftHook):
             return hook_id, hook
     return None
-
-
-def _graft_names(model: nn.Module) -> Sequence[tuple[str, str]]:
-    named = ((path, _graft_hook(mod)) for path, mod in model.named_modules())
-    return [(path, found[1].name) for path, found in named if found is not None]
 
 
 def _tracker(model: nn.Module, create: bool) -> _GraftTracker | None:
@@ -459,7 +346,10 @@ def _remove_tracker(model: nn.Module, tracker: _GraftTracker) -> None:
                 mod._forward_hooks_always_called.pop(hook_id, None)
 
 
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    parent._modules[name] = module
+def __getattr__(name: str) -> object:
+    # ``from letkd.graft import bake`` (the README's import) keeps working; deployment lives in letkd.deploy
+    if name == "bake":
+        from letkd.deploy import bake
+
+        return bake
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,8 +22,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from letkd.config import RunConfig, load_config
+from letkd.deploy import apply_graft_spec
 from letkd.engine.rundir import BEST, CONFIG, LAST, SUMMARY
-from letkd.graft import apply_graft_spec, graft_scores, grafts
+from letkd.graft import graft_scores, grafts
 from letkd.utils import seed_everything, tqdm_disable
 
 #: methods whose runs have KD layers (template scores in the student, teacher-side targets)
@@ -191,8 +192,8 @@ def load_run(
     is not in the cache (nothing is fitted here: ``letkd fit`` does that).
     """
     from letkd.build import build_teacher, resolve_num_classes, supervision_artifact, supervision_specs
-    from letkd.commands.evaluate import load_model_for_eval
-    from letkd.engine.checkpoint import load_checkpoint
+    from letkd.deploy import load_student
+    from letkd.engine.state import load_checkpoint
     from letkd.supervision.artifacts import ArtifactNotCachedError
 
     run_dir = Path(run_dir)
@@ -208,7 +209,7 @@ def load_run(
         )
     device = torch.device(device)
     ckpt_path = _pick_checkpoint(run_dir, checkpoint)
-    student, _ = load_model_for_eval(str(ckpt_path), None, None, cfg.data.name)
+    student, _ = load_student(str(ckpt_path), dataset=cfg.data.name)
     layers = _method_layers(cfg)
     paths = _student_paths(student, layers)
     if cfg.method.name == "quest":

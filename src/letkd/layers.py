@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,16 @@ class TemplateHead(nn.Module):
         self.template_scale = float(template_scale)
         self.templates = CosineConv2d(channels, num_templates, scale=template_scale, learn_scale=True)
 
+    def graft_spec(self) -> dict[str, Any]:
+        """``kind`` and constructor arguments, from which :func:`letkd.deploy.apply_graft_spec` rebuilds
+        it."""
+        return {
+            "kind": "template_head",
+            "channels": self.channels,
+            "num_templates": self.num_templates,
+            "template_scale": self.template_scale,
+        }
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` → scores ``(B, K, H, W)``."""
         return self.templates(x)
@@ -190,6 +201,18 @@ class KDLayer(nn.Module):
         if not self.uses_value_path:
             return x, scores
         return torch.add(x, self.value_vectors(scores), alpha=self.alpha), scores
+
+    def graft_spec(self) -> dict[str, Any]:
+        """``kind`` and constructor arguments (initial scales), from which
+        :func:`letkd.deploy.apply_graft_spec` rebuilds it."""
+        return {
+            "kind": "kd_layer",
+            "channels": self.channels,
+            "num_templates": self.num_templates,
+            "alpha": self.alpha,
+            "template_scale": self.template_scale,
+            "value_scale": self.value_scale,
+        }
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_templates={self.num_templates}, alpha={self.alpha:g}"

@@ -30,12 +30,14 @@ from letkd.build import (
     method_and_params,
     resolve_num_classes,
 )
+from letkd.checkpoints import CheckpointError
 from letkd.config import ConfigError, RunConfig, load_config
+from letkd.data.download import ensure_dataset
 from letkd.engine import distributed as dist_utils
-from letkd.engine.checkpoint import CheckpointError
 from letkd.engine.loaders import build_test_loader, build_train_loader
 from letkd.engine.rundir import LAST, SUMMARY, claim_run_dir, default_run_dir, latest_run_dir
 from letkd.engine.trainer import Trainer, evaluate
+from letkd.models import published
 from letkd.utils import atomic_write_text, seed_everything, sha256_file
 
 TEACHER_RUNS = Path("runs") / "teachers"
@@ -54,6 +56,8 @@ def ensure_teacher_checkpoint(cfg: RunConfig, device: torch.device) -> str | Non
     ``teacher.train_config``. None when the config asks for an untrained teacher (tests only)."""
     tcfg = cfg.teacher
     assert tcfg is not None
+    if published.is_published_name(tcfg.checkpoint):  # crd:<arch>, fetched into the cache
+        return str(published.resolve_teacher_checkpoint(tcfg.checkpoint, arch=tcfg.name))
     if tcfg.checkpoint:
         if not Path(tcfg.checkpoint).is_file():
             raise ConfigError(
@@ -156,6 +160,7 @@ def teacher_stage(
         return teacher, checkpoint, None
     acc = teacher_accuracy(cfg, teacher, device, checkpoint)
     _log(f"teacher {cfg.teacher.name}: test top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%")
+    published.check_published_accuracy(cfg.teacher.checkpoint, acc["top1"], acc.get("count"))
     if checkpoint is not None and acc["top1"] < CHANCE_FACTOR * 100.0 / num_classes:
         _log(
             f"WARNING: the teacher is close to chance ({100.0 / num_classes:.1f}%): "
@@ -188,6 +193,8 @@ def _build_and_train(
 ) -> dict[str, Any]:
     cfg = cfg.model_copy(deep=True)
     cfg.model.num_classes = num_classes = resolve_num_classes(cfg)
+    if cfg.data.download:
+        ensure_dataset(cfg.data.name, cfg.data.root)
     teacher, supervision, teacher_info = None, None, {}
     if cfg.teacher is not None:
         teacher, checkpoint, top1 = teacher_stage(cfg, num_classes, device)

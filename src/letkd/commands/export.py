@@ -1,20 +1,12 @@
-"""``letkd export``: turn a (grafted) student checkpoint into a deployable ``torch.export`` / ONNX file."""
+"""``letkd export``: turn a (grafted) student checkpoint into a deployable ``torch.export`` / ONNX file
+(the work is done by :mod:`letkd.deploy`)."""
 
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
-
-from letkd.graft import apply_graft_spec, bake, describe_grafts
-from letkd.utils import atomic_write_bytes
 
 DEFAULT_INPUT_SIZE = (3, 32, 32)
 
@@ -49,78 +41,21 @@ def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, ...]:
     return tuple(values)
 
 
-def build_student(
-    state_dict: Mapping[str, torch.Tensor],
-    meta: Mapping[str, Any],
-    model_name: str | None = None,
-    num_classes: int | None = None,
-) -> nn.Module:
-    """The student of a checkpoint: built by name, grafted per ``meta["grafts"]``, weights loaded strictly."""
-    from letkd.models import create_model
-
-    name = model_name or meta.get("model_name")
-    if not name:
-        raise ValueError("the checkpoint has no model name in its metadata; pass --model NAME")
-    classes = num_classes or meta.get("num_classes")
-    if not classes:
-        raise ValueError("the checkpoint has no number of classes in its metadata; pass --num-classes N")
-    model = create_model(name, num_classes=int(classes))
-    apply_graft_spec(model, meta.get("grafts") or [])
-    result = model.load_state_dict(dict(state_dict), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        hint = " (KD-layer keys without graft metadata?)" if any(".letkd." in k for k in state_dict) else ""
-        raise ValueError(
-            f"checkpoint weights do not fit {name}{hint}: missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}"
-        )
-    return model.eval()
-
-
-def export_program(model: nn.Module, input_size: Sequence[int]) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``bake(model)`` in eval mode with a dynamic batch dimension."""
-    baked = bake(model).eval()
-    example = (torch.randn(2, *input_size),)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    return torch.export.export(baked, example, dynamic_shapes=({0: batch},))
-
-
-def write_pt2(program: torch.export.ExportedProgram, path: Path) -> None:
-    """Atomically write an exported program."""
-    buf = io.BytesIO()
-    torch.export.save(program, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
-    """Atomically write an exported program as ONNX (needs the ``onnx`` and ``onnxscript`` packages)."""
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
-        message = "ONNX export needs the onnx and onnxscript packages: pip install letkd[onnx]"
-        raise RuntimeError(message) from exc
-    onnx_program = torch.onnx.export(
-        program, dynamo=True, input_names=["images"], output_names=["logits"], verbose=False
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx_program.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``letkd export``."""
-    from letkd.models.checkpoint import extract_state_dict, read_checkpoint
+    import torch
 
-    state_dict, info = extract_state_dict(read_checkpoint(args.checkpoint))
-    meta = info.get("meta") if isinstance(info.get("meta"), Mapping) else {}
-    input_size = parse_input_size(args.input_size or meta.get("input_size"))
-    model = build_student(state_dict, meta, args.model, args.num_classes)
+    from letkd.checkpoints import CheckpointError
+    from letkd.config import ConfigError
+    from letkd.deploy import export_program, load_student, write_onnx, write_pt2
+    from letkd.graft import describe_grafts
+
+    try:
+        model, meta = load_student(args.checkpoint, args.model, args.num_classes)
+        input_size = parse_input_size(args.input_size or meta.get("input_size"))
+    except (ConfigError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for entry in describe_grafts(model):
         settings = f"{entry['type']}({entry['settings']})"
         print(f"graft {entry['target']}: {settings}, {entry['parameters']:,} params")

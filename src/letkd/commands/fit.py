@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from letkd.build import build_teacher, resolve_num_classes, supervision_artifact
     from letkd.data import DatasetNotFoundError
+    from letkd.data.download import DownloadError
     from letkd.engine.distributed import select_device
     from letkd.models import CheckpointError
     from letkd.pipeline import ensure_teacher_checkpoint
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         ConfigError,
         CheckpointError,
         DatasetNotFoundError,
+        DownloadError,
         UnknownTapError,
         ArtifactMismatchError,
     ) as exc:

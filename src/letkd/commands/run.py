@@ -10,13 +10,15 @@ import sys
 EPILOG = """\
 examples:
   letkd run configs/digits/letkd2.yaml
+  letkd run configs/cifar100/resnet56_resnet20/letkd2.yaml --download
   letkd run configs/cifar100/resnet56_resnet20/letkd1.yaml \\
       teacher.checkpoint=checkpoints/resnet56_vanilla/ckpt_epoch_240.pth
   letkd run configs/fashion_mnist/letkd1.yaml seed=1 --out runs/fm-letkd1-s1
   torchrun --nproc_per_node=4 -m letkd run configs/cifar100/wrn_40_2_wrn_16_2/letkd2.yaml
 
-Stages, each reused when it already exists: the teacher (teacher.checkpoint, or trained once from
-teacher.train_config into runs/teachers/), its test accuracy (printed), the supervision artefacts
+Stages, each reused when it already exists: the teacher (teacher.checkpoint: a file, or a published
+teacher such as crd:resnet56 fetched into the cache; or trained once from teacher.train_config into
+runs/teachers/), its test accuracy (printed; checked for crd: teachers), the supervision artefacts
 (K-means codebook / sub-classes, cached in supervision.cache_dir), then the student's training with
 the method. The run folder receives config.yaml, metrics.jsonl, tb/, last.pt, best.pt, summary.json.
 """
@@ -39,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--resume", action="store_true", help="continue the student run from last.pt")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, mps (default: train.device, 'auto')")
+    p.add_argument("--download", action="store_true", help="fetch a missing dataset (= data.download=true)")
     p.set_defaults(func=handle)
     return p
 
@@ -46,16 +49,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def handle(args: argparse.Namespace) -> int:
     """Handler of ``letkd run``; returns 1 on a config/checkpoint error or a diverged run."""
     from letkd.config import ConfigError, load_config
+    from letkd.data import DatasetNotFoundError
+    from letkd.data.download import DownloadError
     from letkd.engine import CheckpointError, NonFiniteLossError
     from letkd.models import CheckpointError as WeightsError
     from letkd.pipeline import run_pipeline
 
+    overrides = [*args.overrides, "data.download=true"] if args.download else args.overrides
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
         summary = run_pipeline(
             cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
         )
-    except (ConfigError, CheckpointError, WeightsError, KeyError) as exc:
+    except (ConfigError, CheckpointError, WeightsError, KeyError, DatasetNotFoundError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except NonFiniteLossError:

@@ -10,6 +10,7 @@ examples:
   letkd train configs/digits/resnet8.yaml
   letkd train configs/cifar100/teachers/resnet56.yaml train.epochs=3 data.batch_size=32
   letkd train configs/digits/resnet8.yaml --out runs/mine --resume
+  letkd train configs/cifar100/teachers/resnet56.yaml --download    # fetch CIFAR-100 if missing
   torchrun --nproc_per_node=2 -m letkd train configs/cifar100/teachers/wrn_40_2.yaml
 
 Overrides are dotted YAML assignments applied to the config before validation. The run folder
@@ -36,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--resume", action="store_true", help="continue from last.pt in the run folder")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, mps (default: train.device, 'auto')")
+    p.add_argument("--download", action="store_true", help="fetch a missing dataset (= data.download=true)")
     p.set_defaults(func=run)
     return p
 
@@ -43,15 +45,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd train``; returns the exit status (1 for a config/checkpoint error or divergence)."""
     from letkd.config import ConfigError, load_config
+    from letkd.data import DatasetNotFoundError
+    from letkd.data.download import DownloadError
     from letkd.engine import CheckpointError, NonFiniteLossError
     from letkd.pipeline import train_from_config
 
+    overrides = [*args.overrides, "data.download=true"] if args.download else args.overrides
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
         summary = train_from_config(
             cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
         )
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, DatasetNotFoundError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except NonFiniteLossError:

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from letkd.data.errors import DatasetFormatError
-from letkd.data.locate import CACHE_DIR, find_dataset_dir, missing_files
+from letkd.data.download import download_dataset, how_to_download
+from letkd.data.errors import DatasetFormatError, DatasetNotFoundError
+from letkd.data.locate import find_dataset_dir, missing_files
 from letkd.data.memory import InMemoryImageDataset
 from letkd.data.safe_pickle import load_numpy_pickle
 
@@ -56,13 +57,7 @@ LAYOUTS = {layout.name: layout for layout in (CIFAR10, CIFAR100)}
 
 
 def _how_to_get(layout: CifarLayout) -> str:
-    from torchvision import datasets
-
-    url = getattr(datasets, layout.torchvision_class).url
-    return (
-        f"To get it: download {url}, extract it so that '{layout.folder}/' lies in $LETKD_DATA "
-        "(or ./data, or the root you pass), or pass download=True."
-    )
+    return how_to_download(layout.name)
 
 
 def _get(batch: dict, key: str, path: Path):
@@ -111,27 +106,20 @@ def _load_split(folder: str, layout_name: str, split: str, _stamp: tuple):
     return images, labels, classes
 
 
-def _download(layout: CifarLayout, root: str | os.PathLike | None) -> Path:
-    from torchvision import datasets
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    tv = getattr(datasets, layout.torchvision_class)
-    base = Path(root).expanduser() if root is not None else CACHE_DIR
-    download_and_extract_archive(tv.url, base, filename=tv.filename, md5=tv.tgz_md5)
-    return base / layout.folder
-
-
 def find_folder(layout: CifarLayout, root: str | os.PathLike | None = None, download: bool = False) -> Path:
-    """The folder holding the batch files (``<base>/<official folder>`` or ``<base>`` itself)."""
+    """The folder holding the batch files (``<base>/<official folder>`` or ``<base>`` itself); with
+    ``download`` a missing dataset is fetched first (see :mod:`letkd.data.download`)."""
     needed = [f for files in layout.files.values() for f in files]
+
+    def check(folder: Path) -> str | None:
+        return missing_files(folder, needed)
+
     try:
-        return find_dataset_dir(
-            layout.name, root, [layout.folder], lambda d: missing_files(d, needed), _how_to_get(layout)
-        )
-    except FileNotFoundError:
+        return find_dataset_dir(layout.name, root, [layout.folder], check, _how_to_get(layout))
+    except DatasetNotFoundError:
         if not download:
             raise
-    return _download(layout, root)
+    return download_dataset(layout.name, root, check)
 
 
 def load(layout: CifarLayout, split: str, root=None, download: bool = False, transform=None):

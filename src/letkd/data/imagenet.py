@@ -17,10 +17,11 @@ from letkd.data.files import read_rgb
 from letkd.data.locate import find_dataset_dir
 
 HOW_TO_GET = (
-    "To get it: download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org "
-    "(registration needed), extract them into 'imagenet/train/<wnid>/' and 'imagenet/val/<wnid>/' (the "
-    "validation images sorted into class folders, e.g. with the widely used valprep.sh) under $LETKD_DATA "
-    "(or ./data, or the root you pass)."
+    "ImageNet is bring-your-own: its licence requires registering at https://image-net.org, so it is never "
+    "downloaded automatically (download=True / --download does not apply). To get it: download "
+    "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org, extract them into "
+    "'imagenet/train/<wnid>/' and 'imagenet/val/<wnid>/' (the validation images sorted into class folders, "
+    "e.g. with the widely used valprep.sh) under $LETKD_DATA (or ./data, or the root you pass)."
 )
 SPLIT_FOLDERS = {"train": "train", "val": "val", "test": "val"}
 
@@ -53,6 +54,6 @@ class ClassFolderDataset(ImageFolder):
 
 def load(split: str, root: str | os.PathLike | None = None, download: bool = False, transform=None):
     """One ImageNet split ("train", "val"; "test" = "val") as a :class:`ClassFolderDataset` (``download``
-    unused)."""
+    is ignored: ImageNet is never fetched, see :data:`HOW_TO_GET`)."""
     folder = find_dataset_dir("imagenet", root, ["imagenet", "ILSVRC2012"], _check, HOW_TO_GET)
     return ClassFolderDataset(folder / SPLIT_FOLDERS[split], folder / "train", transform)

@@ -127,7 +127,8 @@ def create_dataset(
     ``transform``: ``"auto"`` = the training transform for split "train", the test transform otherwise;
     ``"train"`` / ``"test"`` force one of them (``"test"`` on training images is what feature extraction
     uses); a callable on ``uint8 (3, H, W)`` tensors is used as is; ``None`` gives the raw ``uint8`` images.
-    Every dataset has ``.targets`` (list of int labels). Missing files raise :class:`DatasetNotFoundError`.
+    Every dataset has ``.targets`` (list of int labels). Missing files raise :class:`DatasetNotFoundError`;
+    with ``download=True`` CIFAR-10/100, Tiny-ImageNet and Fashion-MNIST are fetched first (docs/data.md).
     """
     entry = _entry(name)
     if split not in entry.info.splits:

@@ -13,16 +13,12 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from letkd.data.errors import DatasetFormatError
+from letkd.data.download import download_dataset, how_to_download
+from letkd.data.errors import DatasetFormatError, DatasetNotFoundError
 from letkd.data.files import ImageFileDataset
 from letkd.data.locate import find_dataset_dir
 
 FOLDER = "tiny-imagenet-200"
-URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-HOW_TO_GET = (
-    f"To get it: download {URL} and unzip it so that '{FOLDER}/' (with wnids.txt, train/, val/) lies in "
-    "$LETKD_DATA (or ./data, or the root you pass). (It is not downloaded automatically.)"
-)
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 
 
@@ -101,7 +97,17 @@ def samples_for(folder: Path, split: str) -> list[tuple[str, int]]:
     return _class_folder_samples(folder / split, wnids)
 
 
+def find_folder(root: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """The ``tiny-imagenet-200`` folder; with ``download`` a missing one is fetched first."""
+    try:
+        return find_dataset_dir("tiny_imagenet", root, [FOLDER], _check, how_to_download("tiny_imagenet"))
+    except DatasetNotFoundError:
+        if not download:
+            raise
+    return download_dataset("tiny_imagenet", root, _check)
+
+
 def load(split: str, root: str | os.PathLike | None = None, download: bool = False, transform=None):
-    """One Tiny-ImageNet split: :class:`ImageFileDataset` of ``(3, 64, 64)`` images (``download`` unused)."""
-    folder = find_dataset_dir("tiny_imagenet", root, [FOLDER], _check, HOW_TO_GET)
+    """One Tiny-ImageNet split: :class:`ImageFileDataset` of ``(3, 64, 64)`` images."""
+    folder = find_folder(root, download)
     return ImageFileDataset(samples_for(folder, split), transform, classes=class_ids(folder))

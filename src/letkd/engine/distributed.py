@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from letkd.device import select_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -37,21 +39,6 @@ class DistInfo:
 def launched_by_torchrun() -> bool:
     """True when the environment describes a multi-process launch."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def select_device(preference: str | None = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:LOCAL_RANK`` if available, else ``mps``, else ``cpu``; others are used as is."""
-    pref = (preference or "auto").lower()
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(pref)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return device
 
 
 def init_distributed(preference: str | None = "auto") -> tuple[DistInfo, torch.device]:
@@ -93,15 +80,6 @@ def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def any_rank_true(flag: bool, device: torch.device) -> bool:
-    """True if ``flag`` is true on at least one rank (the local flag when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:

@@ -6,7 +6,7 @@ Layout::
         config.yaml      the resolved config (after overrides)
         metrics.jsonl    one JSON object per epoch
         tb/              TensorBoard event files
-        last.pt best.pt  checkpoints (see letkd.engine.checkpoint)
+        last.pt best.pt  checkpoints (see letkd.engine.state)
         summary.json     written when the run ends
         .lock            held by the process running in the folder (see claim_run_dir)
 """
@@ -22,10 +22,13 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from letkd.config import RunConfig
 from letkd.utils import atomic_write_text
+
+if TYPE_CHECKING:
+    from letkd.engine.state import Progress
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -103,6 +106,29 @@ def latest_run_dir(cfg: RunConfig, base: str | Path = "runs") -> Path | None:
     runs = [p for p in root.glob("*") if (p / LAST).is_file()]
     runs.sort(key=lambda p: (p / LAST).stat().st_mtime)
     return runs[-1] if runs else None
+
+
+def run_summary(cfg: RunConfig, progress: Progress, status: str, **extra: Any) -> dict[str, Any]:
+    """The contents of ``summary.json``: status, what ran, best / last accuracy, timing, then ``extra``."""
+    done = progress.history
+    last_eval = next((r for r in reversed(done) if r.get("test_top1") is not None), None)
+    ips = [r["images_per_second"] for r in done]
+    return {
+        "status": status,
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "epochs": cfg.train.epochs,
+        "epochs_done": len(done),
+        "best_top1": progress.best_top1 if math.isfinite(progress.best_top1) else None,
+        "best_epoch": progress.best_epoch if progress.best_epoch >= 0 else None,
+        "last_top1": last_eval["test_top1"] if last_eval else None,
+        "last_top5": last_eval["test_top5"] if last_eval else None,
+        "wall_seconds": progress.wall_seconds,
+        "seconds_per_epoch": progress.wall_seconds / len(done) if done else None,
+        "images_per_second": sum(ips) / len(ips) if ips else None,
+        **extra,
+    }
 
 
 def _json_safe(value: Any) -> Any:

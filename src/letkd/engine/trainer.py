@@ -10,35 +10,30 @@ killed at any moment resumes from ``last.pt`` and ends with exactly the weights 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from letkd.config import RunConfig, TrainConfig
+from letkd.checkpoints import CheckpointError, save_checkpoint
+from letkd.config import RunConfig
+from letkd.deploy import graft_spec
 from letkd.engine import distributed as dist_utils
-from letkd.engine.checkpoint import (
-    CheckpointError,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
 from letkd.engine.distributed import DistInfo
+from letkd.engine.evaluation import autocast_context, batch_to_device, evaluate
 from letkd.engine.host_memory import reuse_freed_host_memory
-from letkd.engine.metrics import SumMeter, topk_correct
-from letkd.engine.rundir import BEST, LAST, RunLogger
-from letkd.engine.schedule import lr_at_epoch, set_lr
+from letkd.engine.metrics import SumMeter
+from letkd.engine.optim import build_optimizer, lr_at_epoch, set_lr
+from letkd.engine.rundir import BEST, LAST, RunLogger, run_summary
+from letkd.engine.state import Progress, capture_state, load_checkpoint, restore_state
 from letkd.methods.base import Distiller
 from letkd.utils import seed_everything, tqdm_disable
 
@@ -62,69 +57,6 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def build_optimizer(params: list[nn.Parameter], train: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum/Nesterov; weight decay on every trained parameter (the paper's choice, SPEC Q9)
-    unless ``train.decay_norm_and_bias`` is false, which exempts 1-D parameters (biases, norms, scales)."""
-    kwargs = {"lr": train.lr, "momentum": train.momentum, "nesterov": train.nesterov and train.momentum > 0}
-    if train.decay_norm_and_bias:
-        return torch.optim.SGD(params, weight_decay=train.weight_decay, **kwargs)
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.SGD([g for g in groups if g["params"]], **kwargs)
-
-
-def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"}; a no-op context for "off"."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.inference_mode()
-def evaluate(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    loader: DataLoader,
-    device: torch.device,
-    amp: str = "off",
-    channels_last: bool = False,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``forward(images) -> logits (B, classes)``.
-
-    Under DDP the sums are all-reduced, so every rank returns the accuracy on the whole test set.
-    """
-    meter = SumMeter()
-    batches = tqdm(loader, desc="eval", leave=False, file=sys.stderr, disable=tqdm_disable(progress))
-    for batch in batches:
-        images, labels = _to_device(batch, device, channels_last)
-        with autocast_context(device, amp):
-            logits = forward(images)
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-        correct = topk_correct(logits, labels, (1, 5))
-        stats = torch.cat([loss.reshape(1), correct]).tolist()
-        meter.add({"loss": stats[0], "top1": stats[1], "top5": stats[2]}, labels.shape[0])
-    meter.all_reduce(device)
-    return {
-        "top1": 100.0 * meter.mean("top1"),
-        "top5": 100.0 * meter.mean("top5"),
-        "loss": meter.mean("loss"),
-        "count": meter.count,
-    }
-
-
-def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = batch[0], batch[1]
-    images = images.to(device, non_blocking=True)
-    if channels_last and images.ndim == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, torch.as_tensor(labels).to(device, non_blocking=True)
-
-
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted ``key: old -> new`` for every value that differs between two config dicts."""
     changes = []
@@ -135,20 +67,6 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
         elif a != b:
             changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return changes
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def graft_spec_of(student: nn.Module) -> list:
-    """The KD layers grafted into ``student`` (``letkd.graft.graft_spec``); ``[]`` if grafting is absent."""
-    try:
-        from letkd.graft import graft_spec
-    except ImportError:
-        return []
-    return list(graft_spec(student))
 
 
 class Trainer:
@@ -193,11 +111,7 @@ class Trainer:
                 find_unused_parameters=bool(getattr(self.distiller, "find_unused_parameters", False)),
             )
         self.meta = self._default_meta() | (meta or {})
-        self.last_epoch = -1  # last completed epoch (0-based)
-        self.best_top1 = -math.inf
-        self.best_epoch = -1
-        self.history: list[dict[str, Any]] = []
-        self.wall_seconds = 0.0
+        self.progress = Progress()
         self.logger = (
             RunLogger(self.run_dir, tensorboard=cfg.train.tensorboard) if self.info.is_main else None
         )
@@ -239,51 +153,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly (see :mod:`letkd.engine.checkpoint`)."""
-        aux = {
-            k: v
-            for k, v in self.distiller.state_dict().items()
-            if not (k.startswith("student.") or k.startswith("teacher."))
-        }
-        return {
-            "model": self.distiller.student.state_dict(),
-            "distiller": aux,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {
-                "type": self.cfg.train.schedule.type,
-                "next_epoch": self.last_epoch + 1,
-                "lr": self.optimizer.param_groups[0]["lr"],
-            },
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.last_epoch,
-            "best_top1": self.best_top1 if math.isfinite(self.best_top1) else None,
-            "best_epoch": self.best_epoch,
-            "wall_seconds": self.wall_seconds,
-            "rng": capture_rng_state(),
-            "metrics": self.history,
-            "meta": self.meta | {"grafts": graft_spec_of(self.distiller.student)},
-        }
+        """Everything needed to resume exactly (see :mod:`letkd.engine.state`)."""
+        meta = self.meta | {"grafts": graft_spec(self.distiller.student)}
+        schedule = self.cfg.train.schedule.type
+        return capture_state(self.distiller, self.optimizer, self.scaler, self.progress, schedule, meta)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (model, auxiliary modules, optimizer, counters, RNG, history)."""
-        full = self.distiller.state_dict()
-        full.update({f"student.{k}": v for k, v in state["model"].items()})
-        full.update(state.get("distiller", {}))
-        try:
-            self.distiller.load_state_dict(full, strict=True)
-            self.distiller.student.load_state_dict(state["model"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint does not match this model/method: {exc}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.last_epoch = int(state["epoch"])
-        self.best_top1 = state["best_top1"] if state.get("best_top1") is not None else -math.inf
-        self.best_epoch = int(state.get("best_epoch", -1))
-        self.wall_seconds = float(state.get("wall_seconds", 0.0))
-        self.history = list(state.get("metrics", []))
-        if "rng" in state:
-            restore_rng_state(state["rng"])
+        self.progress = restore_state(state, self.distiller, self.optimizer, self.scaler)
 
     def resume(self, path: str | Path | None = None) -> int:
         """Load ``path`` (default ``run_dir/last.pt``); return the epoch training continues with.
@@ -300,10 +177,10 @@ class Trainer:
             self._print("resuming with a changed config: " + ", ".join(changed))
         interrupted = state["meta"].get("interrupted")
         self._print(
-            f"resuming from {path}: {self.last_epoch + 1} epoch(s) done"
+            f"resuming from {path}: {self.progress.last_epoch + 1} epoch(s) done"
             + (f" (interrupted in epoch {interrupted['epoch']}, which restarts)" if interrupted else "")
         )
-        return self.last_epoch + 1
+        return self.progress.last_epoch + 1
 
     def _save(self, improved: bool, interrupted: dict[str, int] | None = None) -> None:
         if not self.info.is_main:
@@ -320,10 +197,10 @@ class Trainer:
         cfg = self.cfg
         if self.logger is not None:
             self.logger.write_config(cfg)
-            self.logger.reset_history(self.history)
-        epoch = self.last_epoch + 1
+            self.logger.reset_history(self.progress.history)
+        epoch = self.progress.last_epoch + 1
         try:
-            for epoch in range(self.last_epoch + 1, cfg.train.epochs):
+            for epoch in range(self.progress.last_epoch + 1, cfg.train.epochs):
                 self._run_epoch(epoch)
         except NonFiniteLossError as exc:
             self._print(str(exc))
@@ -343,9 +220,9 @@ class Trainer:
         train_stats, train_seconds = self.train_epoch(epoch)
         evaluate_now = (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.train.epochs
         test = self._evaluate() if evaluate_now else None
-        improved = test is not None and test["top1"] > self.best_top1
+        improved = test is not None and test["top1"] > self.progress.best_top1
         if improved:
-            self.best_top1, self.best_epoch = test["top1"], epoch
+            self.progress.best_top1, self.progress.best_epoch = test["top1"], epoch
         seconds = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **train_stats}
         row.update(
@@ -357,13 +234,13 @@ class Trainer:
                 "seconds": seconds,
             }
         )
-        self.history.append(row)
-        self.last_epoch = epoch
-        self.wall_seconds += seconds
+        self.progress.history.append(row)
+        self.progress.last_epoch = epoch
+        self.progress.wall_seconds += seconds
         self._save(improved)  # checkpoint first: a kill before logging still resumes consistently
         if self.logger is not None:
             self.logger.log_epoch(row)
-            best = f"best {self.best_top1:.2f}" if self.best_epoch >= 0 else ""
+            best = f"best {self.progress.best_top1:.2f}" if self.progress.best_epoch >= 0 else ""
             top = f"test top-1 {test['top1']:.2f}  " if test else ""
             self._print(
                 f"epoch {epoch + 1}/{self.cfg.train.epochs}  lr {lr:.3g}  loss {row['train_loss']:.4f}  "
@@ -400,8 +277,7 @@ class Trainer:
         """
         tc = self.cfg.train
         self._seed_epoch(epoch)
-        if hasattr(self.distiller, "set_epoch"):
-            self.distiller.set_epoch(epoch)
+        self.distiller.set_epoch(epoch)
         self.distiller.train()
         meter = SumMeter()
         names: list[str] = []
@@ -421,7 +297,7 @@ class Trainer:
             self._step = step
             if tc.schedule.per_step:
                 set_lr(self.optimizer, lr_at_epoch(tc, epoch + step / max(steps, 1)))
-            images, labels = _to_device(batch, self.device, tc.channels_last)
+            images, labels = batch_to_device(batch, self.device, tc.channels_last)
             with autocast_context(self.device, tc.amp):
                 logits, losses = self.model(images, labels)
             if not names:
@@ -501,31 +377,17 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- summary
     def _finish(self, status: str, error: str | None = None) -> dict[str, Any]:
-        done = self.history
-        last_eval = next((r for r in reversed(done) if r.get("test_top1") is not None), None)
-        ips = [r["images_per_second"] for r in done]
-        summary: dict[str, Any] = {
-            "status": status,
-            "method": self.cfg.method.name,
-            "model": self.cfg.model.name,
-            "dataset": self.cfg.data.name,
-            "epochs": self.cfg.train.epochs,
-            "epochs_done": len(done),
-            "best_top1": self.best_top1 if math.isfinite(self.best_top1) else None,
-            "best_epoch": self.best_epoch if self.best_epoch >= 0 else None,
-            "last_top1": last_eval["test_top1"] if last_eval else None,
-            "last_top5": last_eval["test_top5"] if last_eval else None,
-            "wall_seconds": self.wall_seconds,
-            "seconds_per_epoch": self.wall_seconds / len(done) if done else None,
-            "images_per_second": sum(ips) / len(ips) if ips else None,
-            "parameters": count_parameters(self.distiller.student),
-            "extra_parameters": int(self.distiller.extra_parameters()),
-            "device": str(self.device),
-            "world_size": self.info.world_size,
-            "run_dir": str(self.run_dir),
-        }
-        if error is not None:
-            summary["error"] = error
+        summary = run_summary(
+            self.cfg,
+            self.progress,
+            status,
+            parameters=sum(p.numel() for p in self.distiller.student.parameters()),
+            extra_parameters=int(self.distiller.extra_parameters()),
+            device=str(self.device),
+            world_size=self.info.world_size,
+            run_dir=str(self.run_dir),
+            **({"error": error} if error is not None else {}),
+        )
         if self.logger is not None:
             self.logger.write_summary(summary)
             self.logger.close()

@@ -3,6 +3,7 @@
 Tap names resolve to module paths with :func:`letkd.taps.resolve_tap`."""
 
 # Importing the architecture modules registers the zoo.
+from letkd.checkpoints import CheckpointError, read_checkpoint
 from letkd.models import (  # noqa: F401
     mobilenet_imagenet,
     mobilenetv2,
@@ -13,9 +14,9 @@ from letkd.models import (  # noqa: F401
     vgg,
     wrn,
 )
-from letkd.models.checkpoint import CheckpointError, load_weights, read_checkpoint, save_weights
 from letkd.models.registry import UnknownModelError, create_model, list_models, register_model
 from letkd.models.tap_names import TapInferenceError, feature_stages, get_taps
+from letkd.models.weights import load_weights, save_weights
 
 __all__ = [
     "CheckpointError",

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from letkd.config import SupervisionConfig
+from letkd.device import select_device as resolve_device
 from letkd.supervision.codebook import DEFAULT_MAX_POINTS_PER_CENTROID, fit_codebook
 from letkd.supervision.extract import RowFile, extract_rows
 from letkd.supervision.spec import CodebookSpec, Spec
@@ -56,13 +57,6 @@ def teacher_identity(
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         identity += f":{digest.hexdigest()[:16]}"
     return identity
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None → CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def kmeans_points_per_centroid(max_rows: int | None, num_centers: int) -> int | None:

@@ -1,4 +1,6 @@
-"""Learning-rate schedules, set once at the start of every epoch or, with ``schedule.per_step``, before every
+"""The optimizer (SGD) and its learning-rate schedule.
+
+The learning rate is set once at the start of every epoch or, with ``schedule.per_step``, before every
 step from the fractional epoch ``epoch + step / steps_per_epoch``.
 
 The paper's recipe (SPEC §4.4) is a look-up table by epoch: ``lr · gamma^(number of milestones passed)``;
@@ -11,8 +13,24 @@ import bisect
 import math
 
 import torch
+from torch import nn
 
 from letkd.config import TrainConfig
+
+
+def build_optimizer(params: list[nn.Parameter], train: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum/Nesterov; weight decay on every trained parameter (the paper's choice, SPEC Q9)
+    unless ``train.decay_norm_and_bias`` is false, which exempts 1-D parameters (biases, norms, scales)."""
+    kwargs = {"lr": train.lr, "momentum": train.momentum, "nesterov": train.nesterov and train.momentum > 0}
+    if train.decay_norm_and_bias:
+        return torch.optim.SGD(params, weight_decay=train.weight_decay, **kwargs)
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD([g for g in groups if g["params"]], **kwargs)
 
 
 def lr_at_epoch(train: TrainConfig, epoch: float) -> float:

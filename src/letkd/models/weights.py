@@ -1,15 +1,14 @@
-"""Loading and saving model weights: RepDistiller/CRD, letKD reference, letkd and bare state_dict files.
+"""Model weights: find the state_dict in a checkpoint file and load it into a model, reporting mismatches.
 
-Files are always read with ``torch.load(path, map_location="cpu", weights_only=True)``: a file that
-needs arbitrary code to unpickle is refused, never executed.
+Layouts read: RepDistiller/CRD and letkd (``{"model": sd, ...}``), the letKD/QuEST reference
+(``{"network": sd, ...}``), ``{"state_dict": sd}`` and bare state_dicts, as ``.pt``/``.pth`` or
+``.safetensors``. Files are read by :func:`letkd.checkpoints.read_checkpoint` (weights-only: a file that
+would run code is refused).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from letkd.utils import atomic_torch_save
+from letkd.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 
 # Keys under which known checkpoint layouts keep the state_dict, in lookup order. RepDistiller/CRD and
 # letkd write "model"; the letKD/QuEST reference writes "network"; Lightning-style files "state_dict".
@@ -28,38 +27,6 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Training-state entries never returned as metadata (large, and only meaningful to the trainer).
 TRAINING_STATE_KEYS = frozenset({"optimizer", "scheduler", "lr_scheduler", "scaler", "rng", "rng_state"})
 _MAX_LISTED = 20
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file could not be used: refused, unreadable, or not matching the model."""
-
-
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """Safely deserialise ``path`` (``.safetensors`` or a torch pickle) onto the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        with _allow_numpy_scalars():
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not _needs_code(exc):
-            raise CheckpointError(
-                f"cannot read checkpoint {path} (damaged or not a torch file): {_unpickler_detail(exc)}"
-            ) from exc
-        raise CheckpointError(
-            f"refused to load {path}: unpickling it would execute code (it holds objects other than "
-            f"tensors and plain containers{_unpickler_reason(exc)}). If you trust the file, re-save its "
-            f"state_dict with torch.save(model.state_dict(), ...) from the code that made it."
-        ) from exc
-    except Exception as exc:  # torch raises many types for damaged or foreign files
-        raise CheckpointError(
-            f"cannot read checkpoint {path} (damaged or not a torch file): {type(exc).__name__}: {exc}"
-        ) from exc
 
 
 def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -94,14 +61,18 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return _strip_wrapper_prefix(dict(state)), meta
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
+def load_weights(
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, content: Any = None
+) -> dict[str, Any]:
     """Load the weights in ``path`` into ``model`` and return the file's metadata (epoch, accuracy, …).
+
+    ``content`` is the file as already read by :func:`~letkd.checkpoints.read_checkpoint` (to read it once).
 
     With ``strict=True`` (default) any missing key, unexpected key or shape conflict raises a
     :class:`CheckpointError` listing all three. With ``strict=False`` the matching entries are loaded and
     the returned dict also holds ``missing_keys``, ``unexpected_keys`` and ``shape_mismatches``.
     """
-    state, meta = extract_state_dict(read_checkpoint(path))
+    state, meta = extract_state_dict(read_checkpoint(path) if content is None else content)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -131,7 +102,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> 
     """Atomically write ``{"model": state_dict, **metadata}`` (the layout :func:`load_weights` reads)."""
     if "model" in metadata:
         raise ValueError("metadata may not use the key 'model'")
-    return atomic_torch_save({"model": model.state_dict(), **metadata}, path)
+    save_checkpoint({"model": model.state_dict(), **metadata}, path)
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,44 +130,6 @@ def _plain_metadata(value: Any) -> Any:
         items = [_plain_metadata(v) for v in value]
         return _SKIP if any(v is _SKIP for v in items) else type(value)(items)
     return value
-
-
-def _allow_numpy_scalars() -> contextlib.AbstractContextManager:
-    """Context allowing numpy scalars in weights-only loads (torch >= 2.5; a no-op before)."""
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    return safe_globals(_numpy_scalar_globals()) if safe_globals else contextlib.nullcontext()
-
-
-def _numpy_scalar_globals() -> list:
-    """Constructors of numpy scalars and numeric dtypes, allowed so that metadata such as an accuracy saved
-    as ``np.float64`` loads; they build plain numbers and import or run nothing else."""
-    core = getattr(np, "_core", None) or np.core
-    allowed = [core.multiarray.scalar, np.dtype]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        allowed += [getattr(dtypes, f"{n}DType") for n in _NUMPY_NUMERIC if hasattr(dtypes, f"{n}DType")]
-    return allowed
-
-
-_NUMPY_NUMERIC = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
-                  "Float16", "Float32", "Float64", "LongLong", "ULongLong", "Long", "ULong")  # fmt: skip
-
-
-def _needs_code(exc: Exception) -> bool:
-    """Whether torch's weights-only unpickler stopped at a global (a class or callable to import/run)."""
-    return bool(re.search(r"Unsupported global|not an allowed global", str(exc)))
-
-
-def _unpickler_detail(exc: Exception) -> str:
-    """The specific part of torch's weights-only error ("Unsupported operand 0"), else the whole text."""
-    match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(exc), re.S)
-    return match.group(1) if match else str(exc)
-
-
-def _unpickler_reason(exc: Exception) -> str:
-    """The "Unsupported global: …" part of torch's weights-only error, if present."""
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    return f"; it needs {match.group(1)}" if match else ""
 
 
 def _strip_wrapper_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

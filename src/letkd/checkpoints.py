@@ -1,0 +1,111 @@
+"""Checkpoint files: the one safe reader and the one atomic writer.
+
+Every checkpoint (training state, model weights, a RepDistiller or letKD reference file) is read by
+:func:`read_checkpoint`: ``.safetensors`` files with safetensors, anything else with
+``torch.load(path, map_location="cpu", weights_only=True)``, so a file that needs arbitrary code to unpickle
+is refused, never executed. :func:`save_checkpoint` writes through a temporary file and an atomic rename,
+so a crash never leaves half a file. What a training checkpoint holds is :mod:`letkd.engine.state`; how a
+state_dict is found in a file and loaded into a model is :mod:`letkd.models.weights`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from letkd.utils import atomic_write_bytes
+
+__all__ = ["CheckpointError", "read_checkpoint", "save_checkpoint"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file could not be used: missing, refused, unreadable, or not matching the model."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Safely deserialise ``path`` (``.safetensors`` or a torch pickle) onto the CPU.
+
+    Raises :class:`CheckpointError` if the file is missing, corrupt, or would run code when unpickled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        with _allow_numpy_scalars():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _needs_code(exc):
+            raise CheckpointError(
+                f"refused to load {path}: unpickling it would execute code (it holds objects other than "
+                f"tensors and plain containers{_unpickler_reason(exc)}). If you trust the file, re-save its "
+                f"state_dict with torch.save(model.state_dict(), ...) from the code that made it."
+            ) from exc
+        raise CheckpointError(_unreadable(path, _unpickler_detail(exc))) from exc
+    except Exception as exc:  # torch and safetensors raise many types for truncated or foreign files
+        raise CheckpointError(_unreadable(path, f"{type(exc).__name__}: {exc}")) from exc
+
+
+def save_checkpoint(obj: Any, *paths: str | os.PathLike) -> None:
+    """Serialise ``obj`` with ``torch.save`` once and write it to each of ``paths`` atomically."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    for path in paths:
+        atomic_write_bytes(path, data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _unreadable(path: Path, detail: str) -> str:
+    return f"cannot read checkpoint {path} (corrupt, or not a torch file): {detail}"
+
+
+def _allow_numpy_scalars() -> contextlib.AbstractContextManager:
+    """Context allowing numpy scalars in weights-only loads (torch >= 2.5; a no-op before)."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    return safe_globals(_numpy_scalar_globals()) if safe_globals else contextlib.nullcontext()
+
+
+def _numpy_scalar_globals() -> list:
+    """Constructors of numpy scalars and numeric dtypes, allowed so that metadata such as an accuracy saved
+    as ``np.float64`` loads; they build plain numbers and import or run nothing else."""
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, f"{n}DType") for n in _NUMPY_NUMERIC if hasattr(dtypes, f"{n}DType")]
+    return allowed
+
+
+_NUMPY_NUMERIC = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+                  "Float16", "Float32", "Float64", "LongLong", "ULongLong", "Long", "ULong")  # fmt: skip
+
+
+def _needs_code(exc: Exception) -> bool:
+    """Whether torch's weights-only unpickler stopped at a global (a class or callable to import/run)."""
+    return bool(re.search(r"Unsupported global|not an allowed global", str(exc)))
+
+
+def _unpickler_detail(exc: Exception) -> str:
+    """The specific part of torch's weights-only error ("Unsupported operand 0"), else the whole text."""
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(exc), re.S)
+    return match.group(1) if match else str(exc)
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The "Unsupported global: …" part of torch's weights-only error, if present."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return f"; it needs {match.group(1)}" if match else ""

@@ -1,0 +1,216 @@
+"""Deployment of a grafted student: describe and re-create its grafts, rebuild it from a checkpoint, bake the
+graft hooks into plain modules and write ``torch.export`` / ONNX files.
+
+- :func:`graft_spec` / :func:`apply_graft_spec`: a JSON-able list of the grafts of a model (each grafted
+  module describes itself with ``graft_spec()``), saved in training checkpoints as ``meta["grafts"]``, and
+  its inverse on a fresh model.
+- :func:`load_student`: the one way to rebuild a checkpoint's student (model name, classes, constructor
+  kwargs and grafts from its metadata) and load its weights strictly — used by ``letkd eval`` and
+  ``letkd export``.
+- :func:`bake`: a hook-free copy (:class:`BakedGraft` modules) that ``torch.export`` and ONNX trace;
+  :func:`export_program`, :func:`write_pt2`, :func:`write_onnx`.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from letkd.graft import GRAFT_NAME, GraftError, GraftHandle, graft, graft_points, grafts, ungraft
+from letkd.layers import KDLayer, TemplateHead
+from letkd.utils import atomic_write_bytes
+
+#: ``kind`` of a graft spec entry → the module class it rebuilds (its ``graft_spec()`` gives the kwargs)
+GRAFT_KINDS: dict[str, type[nn.Module]] = {"kd_layer": KDLayer, "template_head": TemplateHead}
+_PLACEMENT = ("target", "name", "kind")
+
+
+def graft_spec(model: nn.Module) -> list[dict[str, Any]]:
+    """A JSON-able description of the grafts of ``model`` that :func:`apply_graft_spec` can rebuild.
+
+    Each entry: ``target``, ``name``, then what the grafted module's ``graft_spec()`` returns: ``kind``
+    (``"kd_layer"`` or ``"template_head"``) and its constructor arguments (``channels``, ``num_templates``,
+    ``template_scale`` and, for KD layers, ``alpha`` and ``value_scale``; the initial scales — the trained
+    ones live in the state_dict).
+    """
+    spec = []
+    for point in graft_points(model):
+        describe = getattr(point.module, "graft_spec", None)
+        if describe is None:
+            raise GraftError(f"cannot describe grafted {type(point.module).__name__} at {point.target!r}")
+        spec.append({"target": point.target, "name": point.name, **describe()})
+    return spec
+
+
+def apply_graft_spec(model: nn.Module, spec: Iterable[Mapping[str, Any]]) -> list[GraftHandle]:
+    """Re-create the grafts described by :func:`graft_spec` on a fresh (un-grafted) ``model``."""
+    handles = []
+    for entry in spec:
+        kind = entry.get("kind", "kd_layer")
+        cls = GRAFT_KINDS.get(kind)
+        if cls is None:
+            raise GraftError(f"unknown graft kind {kind!r} in graft spec entry {dict(entry)}")
+        try:
+            module = cls(**{k: v for k, v in entry.items() if k not in _PLACEMENT})
+        except TypeError as exc:
+            raise GraftError(f"graft spec entry {dict(entry)} does not fit {cls.__name__}: {exc}") from None
+        handles.append(graft(model, entry["target"], module, name=entry.get("name", GRAFT_NAME)))
+    return handles
+
+
+def load_into_grafted(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load a checkpoint into a grafted ``model``: all base keys strictly, graft keys when present.
+
+    A vanilla (un-grafted, e.g. RepDistiller) state_dict loads with the graft modules left as initialised; a
+    grafted one loads completely. Raises ``RuntimeError`` for any other missing or unexpected key (nothing
+    is loaded then). Returns the graft keys the state_dict did not provide.
+    """
+    prefixes = tuple(f"{point.target}.{point.name}." for point in graft_points(model))
+    expected = set(model.state_dict().keys())
+    given = set(state_dict.keys())
+    # BatchNorm fills in a missing num_batches_tracked itself (checkpoints of old PyTorch versions lack it)
+    missing_base = sorted(
+        k for k in expected - given if not k.startswith(prefixes) and not k.endswith("num_batches_tracked")
+    )
+    unexpected = sorted(given - expected)
+    if missing_base or unexpected:
+        raise RuntimeError(
+            f"state_dict does not fit {type(model).__name__}: missing keys {missing_base[:10]}"
+            f"{' …' if len(missing_base) > 10 else ''}, unexpected keys {unexpected[:10]}"
+            f"{' …' if len(unexpected) > 10 else ''}"
+        )
+    return model.load_state_dict(state_dict, strict=False).missing_keys
+
+
+def load_student(
+    checkpoint: str | os.PathLike,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    dataset: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the student of ``checkpoint`` and load its weights strictly; return ``(model in eval mode,
+    meta)``.
+
+    A letkd training checkpoint records the model name, number of classes, constructor kwargs
+    (``config.model.kwargs``) and KD-layer grafts in ``meta``; the model is built from them and re-grafted
+    before loading. Other files (RepDistiller/CRD, bare state_dicts) need ``model_name``; the number of
+    classes is ``num_classes``, else the checkpoint's, else ``dataset``'s. ``meta`` is the checkpoint's with
+    the resolved ``model_name`` and ``num_classes``. Raises :class:`~letkd.config.ConfigError` for a missing
+    or conflicting name / class count and :class:`~letkd.checkpoints.CheckpointError` for weights that do not
+    fit (with every missing, unexpected and mis-shaped key).
+    """
+    from letkd.checkpoints import CheckpointError, read_checkpoint
+    from letkd.config import ConfigError
+    from letkd.models import create_model, load_weights
+    from letkd.models.weights import extract_state_dict
+
+    content = read_checkpoint(checkpoint)
+    state, info = extract_state_dict(content)
+    meta = dict(info["meta"]) if isinstance(info.get("meta"), Mapping) else {}
+    saved_name = meta.get("model_name")
+    if model_name and saved_name and model_name != saved_name:
+        raise ConfigError(f"--model {model_name} but the checkpoint holds a {saved_name}")
+    name = model_name or saved_name
+    if not name:
+        raise ConfigError("--model is required for checkpoints that do not name their model")
+    classes = num_classes if num_classes is not None else meta.get("num_classes")
+    if classes is None and dataset is not None:
+        from letkd.data import dataset_info
+
+        classes = dataset_info(dataset).num_classes
+    if classes is None:
+        raise ConfigError("the checkpoint does not record its number of classes; pass --num-classes N")
+    kwargs = ((meta.get("config") or {}).get("model") or {}).get("kwargs") or {}
+    model = create_model(name, int(classes), **kwargs)
+    grafted = meta.get("grafts") or []
+    apply_graft_spec(model, grafted)
+    try:
+        load_weights(model, checkpoint, content=content)
+    except CheckpointError as exc:
+        if not grafted and any(f".{GRAFT_NAME}." in k for k in state):
+            raise CheckpointError(f"{exc}\n(KD-layer weights without graft metadata: meta.grafts)") from None
+        raise
+    return model.eval(), meta | {"model_name": name, "num_classes": int(classes)}
+
+
+class BakedGraft(nn.Module):
+    """A hook-free graft for deployment: ``forward(x) = graft(base(x))[0]`` (``x_hat`` of the KD layer)."""
+
+    def __init__(self, base: nn.Module, graft: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.graft = graft
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base module's output ``(B, C, H, W)`` transformed by the graft."""
+        out = self.graft(self.base(*args, **kwargs))
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without hooks: each grafted target becomes ``BakedGraft(target, module)``.
+
+    Grafts that do not change the output (template heads, KD layers with ``alpha == 0``) are dropped. In eval
+    mode the result computes exactly what ``model`` computes, and ``torch.export`` / ONNX see a plain module
+    tree. ``model`` itself is not modified. State_dict keys of baked targets become ``<target>.base.*`` and
+    ``<target>.graft.*``.
+    """
+    baked = copy.deepcopy(model)
+    targets = sorted(grafts(baked), key=lambda p: p.count(".") + 1, reverse=True)
+    for path in targets:
+        module = ungraft(baked, path)
+        if getattr(module, "modifies_output", True):
+            _set_submodule(baked, path, BakedGraft(baked.get_submodule(path), module))
+    return baked
+
+
+def export_program(model: nn.Module, input_size: Sequence[int]) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``bake(model)`` in eval mode for inputs ``(B, *input_size)``, ``B`` dynamic."""
+    baked = bake(model).eval()
+    example = (torch.randn(2, *input_size),)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.export(baked, example, dynamic_shapes=({0: batch},))
+
+
+def write_pt2(program: torch.export.ExportedProgram, path: str | os.PathLike) -> None:
+    """Atomically write an exported program (``torch.export.load`` reads it)."""
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike) -> None:
+    """Atomically write an exported program as ONNX (needs the ``onnx`` and ``onnxscript`` packages)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        message = "ONNX export needs the onnx and onnxscript packages: pip install letkd[onnx]"
+        raise RuntimeError(message) from exc
+    onnx_program = torch.onnx.export(
+        program, dynamo=True, input_names=["images"], output_names=["logits"], verbose=False
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx_program.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    parent._modules[name] = module
