@@ -7,13 +7,14 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # torch/torchvision pinned to releases known to work (and available offline on our build machines)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data test demo bench lint format clean help
+.PHONY: setup data test demo bench gpu-payload lint format clean help
 
 help:
 	@echo "make test   - set up (venv, package, data) and run the test suite"
 	@echo "make demo   - set up and run the Fashion-MNIST demo"
 	@echo "make bench  - set up and run the benchmarks (prints ratios)"
 	@echo "make lint   - ruff check"
+	@echo "make gpu-payload - wheels + Fashion-MNIST for benchmarks/gpu/run.sh on a GPU machine (see docs/benchmarks.md)"
 
 setup: $(STAMP)
 
@@ -46,6 +47,9 @@ demo: setup data
 
 bench: setup data
 	$(PY) -m benchmarks.run_all
+
+gpu-payload: setup
+	PIP="$(PY) -m pip" bash benchmarks/gpu/prepare_payload.sh
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

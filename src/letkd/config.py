@@ -38,6 +38,11 @@ class DataConfig(_Strict):
     test_subset: int | None = Field(None, ge=1, description="use the first N test images")
     augment: bool = True
     drop_last: bool = True
+    on_device: bool = Field(
+        False,
+        description="hold the dataset as one uint8 tensor on the training device and crop/flip/normalise "
+        "batches there (in-memory 32x32 datasets: cifar10, cifar100, fashion_mnist, digits); docs/data.md",
+    )
     download: bool = Field(
         False, description="fetch CIFAR-10/100 or Tiny-ImageNet when missing (docs/data.md); ImageNet never"
     )

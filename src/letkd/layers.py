@@ -34,7 +34,9 @@ class _CosineRowsNarrow(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         flat, weight, norm, out, unclamped = ctx.saved_tensors
-        g = grad.reshape(-1, weight.shape[0]) / norm
+        # under autocast the forward's product ran in the rows' lower precision: keep the backward in it
+        weight = weight.to(flat.dtype)
+        g = (grad.reshape(-1, weight.shape[0]) / norm).to(flat.dtype)
         grad_weight = g.T @ flat if ctx.needs_input_grad[1] else None
         grad_rows = None
         if ctx.needs_input_grad[0]:

@@ -3,7 +3,8 @@
 Training order: :class:`torch.utils.data.DistributedSampler` with ``seed=cfg.seed`` — its permutation for an
 epoch comes from a generator seeded with ``seed + epoch``, so every epoch's order is reproducible, with one
 process (``num_replicas=1``) or many. The loader's own generator (which seeds the workers' augmentation RNG)
-is re-seeded by the trainer at the start of each epoch.
+is re-seeded by the trainer at the start of each epoch. With ``data.on_device`` both loaders are
+:class:`letkd.data.device_loader.DeviceLoader` (same samplers, augmentation on the device).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def build_train_loader(dataset: Dataset, cfg: RunConfig, info: DistInfo, device:
     sampler = DistributedSampler(
         dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=False
     )
+    if cfg.data.on_device:
+        from letkd.data.device_loader import DeviceLoader
+
+        return DeviceLoader(dataset, cfg.data.batch_size, device, sampler, drop_last=cfg.data.drop_last)
     return DataLoader(
         dataset,
         batch_size=cfg.data.batch_size,
@@ -77,9 +82,14 @@ def build_train_loader(dataset: Dataset, cfg: RunConfig, info: DistInfo, device:
 
 def build_test_loader(dataset: Dataset, cfg: RunConfig, info: DistInfo, device: torch.device) -> DataLoader:
     """Sequential test loader; under DDP each rank sees a disjoint shard, together the whole set once."""
+    shard = ShardSampler(len(dataset), info.rank, info.world_size)
+    if cfg.data.on_device:
+        from letkd.data.device_loader import DeviceLoader
+
+        return DeviceLoader(dataset, cfg.data.test_batch_size, device, shard)
     return DataLoader(
         dataset,
         batch_size=cfg.data.test_batch_size,
-        sampler=ShardSampler(len(dataset), info.rank, info.world_size),
+        sampler=shard,
         **_loader_kwargs(cfg, device, deterministic=False),  # no randomness in testing
     )

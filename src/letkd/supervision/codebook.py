@@ -127,9 +127,8 @@ class Codebook(nn.Module):
         out = check_workspace(out, (f.shape[0], self.num_centers), c.device)
         # softmax(−τ‖f−c‖²) over the centres = softmax(τ(2f·c − ‖c‖²)): ‖f‖² is the same for every centre
         # of a row, so one matrix product and the softmax give the targets without the distances.
-        logits = torch.addmm(
-            (c * c).sum(1), f, c.T, beta=-tau, alpha=2.0 * tau, out=out
-        )
+        with torch.autocast(c.device.type, enabled=False):  # float32 targets under AMP too
+            logits = torch.addmm((c * c).sum(1), f, c.T, beta=-tau, alpha=2.0 * tau, out=out)
         softmax_rows_(logits)
         return logits.view(b, h, w, -1).permute(0, 3, 1, 2)
 

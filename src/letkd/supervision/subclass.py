@@ -109,7 +109,8 @@ class SubclassCodebook(nn.Module):
         if labels is None:
             raise ValueError("sub-class targets need the images' labels")
         b, _, h, w = features.shape
-        index = self.assign(features, labels)
+        with torch.autocast(features.device.type, enabled=False):  # float32 distances under AMP too
+            index = self.assign(features, labels)
         out = check_workspace(out, (index.shape[0], self.num_subclasses), self.score_matrix.device)
         rows = (
             torch.index_select(self.score_matrix, 0, index, out=out)
