@@ -105,11 +105,10 @@ def test_page_links_decodable_pictures_and_numbers(inspected):
 
 
 def test_student_maps_are_the_argmax_of_the_grafted_layers_scores(letkd2_run, inspected):
-    from letkd.taps import resolve_tap
-
     from letkd.deploy import apply_graft_spec
     from letkd.graft import graft_scores
     from letkd.models import create_model
+    from letkd.taps import resolve_tap
 
     ckpt = torch.load(letkd2_run / "best.pt", weights_only=True)
     student = create_model(ckpt["meta"]["model_name"], ckpt["meta"]["num_classes"])
@@ -126,10 +125,9 @@ def test_student_maps_are_the_argmax_of_the_grafted_layers_scores(letkd2_run, in
 
 
 def test_teacher_maps_are_the_argmax_of_the_supervision_targets(scratch, inspected):
-    from letkd.taps import resolve_tap
-
     from letkd.models import create_model, load_weights
     from letkd.supervision import load_artifact
+    from letkd.taps import resolve_tap
 
     teacher = create_model("resnet20", 10)
     load_weights(teacher, scratch / "teacher.pt")
