@@ -223,7 +223,12 @@ def run_pipeline(
                 )
         supervision = build_all_supervision(cfg, teacher, checkpoint, num_classes, dev)
 
-        def factory(run_cfg: RunConfig, student: nn.Module, _device: torch.device) -> Distiller:
+        def factory(
+            run_cfg: RunConfig,
+            student: nn.Module,
+            _device: torch.device,
+            num_train_samples: int | None = None,
+        ) -> Distiller:
             from letkd.data import dataset_info
 
             size = dataset_info(run_cfg.data.name).image_size
@@ -238,6 +243,7 @@ def run_pipeline(
                 compile_teacher=run_cfg.teacher.compile if run_cfg.teacher else False,
                 teacher_channels_last=run_cfg.teacher.channels_last if run_cfg.teacher else False,
                 fold_teacher_batchnorm=run_cfg.teacher.fold_batchnorm if run_cfg.teacher else False,
+                num_train_samples=num_train_samples,
             )
             return method_cls.from_config(student, teacher.to(_device), run_cfg.method.params, context)
 

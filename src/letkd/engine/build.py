@@ -20,8 +20,9 @@ from letkd.engine.trainer import Trainer
 from letkd.methods.base import Distiller, get_method
 from letkd.utils import seed_everything
 
-#: ``factory(cfg, student, device) -> Distiller``: how a pipeline supplies a method's distiller
-DistillerFactory = Callable[[RunConfig, nn.Module, torch.device], Distiller]
+#: ``factory(cfg, student, device, num_train_samples=N) -> Distiller``: how a pipeline supplies a method's
+#: distiller (``N``: size of the training set)
+DistillerFactory = Callable[..., Distiller]
 
 
 def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
@@ -103,10 +104,12 @@ def train_from_config(
 ) -> dict[str, Any]:
     """Train ``cfg`` end to end and return the summary (``summary.json``).
 
-    Builds the datasets, loaders and student, then the distiller (``distiller_factory(cfg, student, device)``,
-    default :func:`default_distiller`), and runs :class:`Trainer`. Under ``torchrun`` it joins the process
-    group (and leaves it at the end if it joined). ``resume`` continues from ``run_dir/last.pt`` and fails
-    with :class:`CheckpointError` if that is missing or corrupt.
+    Builds the datasets, loaders and student, then the distiller (``distiller_factory(cfg, student, device,
+    num_train_samples=len(train_set))``, default :func:`default_distiller`); wraps the training set in
+    :class:`letkd.data.contrast.ContrastSampleDataset` when the method ``needs_sample_indices``; and runs
+    :class:`Trainer`. Under ``torchrun`` it joins the process group (and leaves it at the end if it joined).
+    ``resume`` continues from ``run_dir/last.pt`` and fails with :class:`CheckpointError` if that is missing
+    or corrupt.
     """
     if resume and run_dir is not None and not (Path(run_dir) / LAST).is_file():
         raise CheckpointError(f"cannot resume: no checkpoint at {Path(run_dir) / LAST}")
@@ -125,9 +128,13 @@ def train_from_config(
         cfg.model.num_classes = resolve_num_classes(cfg)
         student = build_student(cfg, cfg.model.num_classes)
         if distiller_factory is not None:
-            distiller = distiller_factory(cfg, student, dev)
+            distiller = distiller_factory(cfg, student, dev, num_train_samples=len(train_set))
         else:
             distiller = default_distiller(cfg, student, dev, tuple(test_set[0][0].shape))
+        if getattr(distiller, "needs_sample_indices", False):
+            from letkd.data.contrast import ContrastSampleDataset
+
+            train_set = ContrastSampleDataset(train_set, distiller.num_negatives, cfg.seed)
         folder = resolve_run_dir(cfg, run_dir, resume)
         trainer = Trainer(
             distiller,

@@ -125,6 +125,13 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[t
     return images, torch.as_tensor(labels).to(device, non_blocking=True)
 
 
+def _extra_to_device(batch: Any, device: torch.device) -> dict[str, Any]:
+    """Entries of a batch's optional third element (a dict, e.g. sample indices) moved to ``device``."""
+    if isinstance(batch, (list, tuple)) and len(batch) > 2 and isinstance(batch[2], dict):
+        return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch[2].items()}
+    return {}
+
+
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted ``key: old -> new`` for every value that differs between two config dicts."""
     changes = []
@@ -155,7 +162,8 @@ class Trainer:
     """Trains ``distiller`` for ``cfg.train.epochs`` epochs; :meth:`fit` returns the run summary.
 
     ``train_loader`` must use a sampler with ``set_epoch`` (see :mod:`letkd.engine.loaders`). Batches are
-    ``(images (B, 3, H, W), labels (B,), ...)``. Under ``torchrun`` the process group must already be
+    ``(images (B, 3, H, W), labels (B,))`` or ``(images, labels, {name: tensor})``: the dict's entries go to
+    ``forward_train`` as keyword arguments. Under ``torchrun`` the process group must already be
     initialised (:func:`letkd.engine.distributed.init_distributed`); the distiller is then wrapped in
     DistributedDataParallel (the frozen teacher holds no trainable parameters and is not synchronised).
     """
@@ -376,6 +384,8 @@ class Trainer:
         sampler = self.train_loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        if hasattr(self.train_loader.dataset, "set_epoch"):  # e.g. negatives drawn per epoch
+            self.train_loader.dataset.set_epoch(epoch)
         if self.train_loader.generator is not None:
             self.train_loader.generator.manual_seed(seed)
 
@@ -422,8 +432,9 @@ class Trainer:
             if tc.schedule.per_step:
                 set_lr(self.optimizer, lr_at_epoch(tc, epoch + step / max(steps, 1)))
             images, labels = _to_device(batch, self.device, tc.channels_last)
+            extra = _extra_to_device(batch, self.device)
             with autocast_context(self.device, tc.amp):
-                logits, losses = self.model(images, labels)
+                logits, losses = self.model(images, labels, **extra)
             if not names:
                 names = list(losses)
             total = torch.stack([v.float() for v in losses.values()]).sum()

@@ -58,6 +58,7 @@ class MethodContext:
     the teacher's weights in channels-last memory format (config ``teacher.channels_last``).
     ``fold_teacher_batchnorm``: fold the teacher's BatchNorm layers into its convolutions where no tap
     reads between them (config ``teacher.fold_batchnorm``; :func:`letkd.fold.fold_batchnorm`).
+    ``num_train_samples``: size of the training set (methods with a per-sample memory, e.g. CRD).
     """
 
     num_classes: int
@@ -67,6 +68,7 @@ class MethodContext:
     compile_teacher: bool = False
     teacher_channels_last: bool = True
     fold_teacher_batchnorm: bool = True
+    num_train_samples: int | None = None
 
 
 class MethodParams(BaseModel):
@@ -122,6 +124,10 @@ class Distiller(nn.Module):
     requires_teacher: ClassVar[bool] = False
     #: whether the method reads only the teacher's logits (then ``teacher.compile`` may compile it whole)
     uses_teacher_logits_only: ClassVar[bool] = False
+    #: whether training batches must carry sample indices: the training set is then wrapped so that
+    #: ``forward_train`` receives ``index (B,)`` and ``contrast_index (B, K+1)`` (see
+    #: :class:`letkd.data.contrast.ContrastSampleDataset`; ``num_negatives`` gives K)
+    needs_sample_indices: ClassVar[bool] = False
 
     @classmethod
     def parse_params(cls, params: dict[str, Any] | MethodParams | None) -> MethodParams:

@@ -25,7 +25,13 @@ from torch import nn
 
 from letkd.config import ConfigError
 from letkd.methods.base import Distiller, MethodContext, MethodParams
-from letkd.methods.features import paired_taps, probe_shapes, student_features, teacher_features
+from letkd.methods.features import (
+    paired_taps,
+    probe_shapes,
+    resolve_taps,
+    student_features,
+    teacher_features,
+)
 
 Shape = tuple[int, ...]
 
@@ -51,6 +57,10 @@ class FeaturePairDistiller(Distiller):
     Params: ClassVar[type[MethodParams]] = PairParams
     #: the stages paired when the params give no taps: all of them, or the last one
     default_taps: ClassVar[Literal["all", "last"]] = "all"
+    #: read the student taps' outputs, or their inputs (pre-activations when the taps are ReLU modules)
+    student_reads: ClassVar[Literal["output", "input"]] = "output"
+    #: whether :meth:`teacher_targets` also returns the teacher's logits (read at its classifier)
+    reads_teacher_logits: ClassVar[bool] = False
 
     def __init__(self, student, teacher, params=None, context: MethodContext | None = None):
         super().__init__(student, teacher)
@@ -64,17 +74,23 @@ class FeaturePairDistiller(Distiller):
         self.teacher_shapes: list[Shape] = [t_shapes[p] for p in self.teacher_paths]
         self.check_pairs(self.student_shapes, self.teacher_shapes)
         connectors = [
-            self.make_connector(i, s, t) for i, (s, t) in enumerate(zip(self.student_shapes, self.teacher_shapes))
+            self.make_connector(i, s, t)
+            for i, (s, t) in enumerate(zip(self.student_shapes, self.teacher_shapes))
         ]
         self.connectors = nn.ModuleList(c if c is not None else nn.Identity() for c in connectors)
         self.pair_weights = list(self.make_pair_weights(len(self.student_paths)))
+        self.teacher_logits_path = None
+        if self.reads_teacher_logits:
+            self.teacher_logits_path = classifier_path(teacher, "teacher", self.method_name)
+            self.teacher_paths = [*self.teacher_paths, self.teacher_logits_path]
 
     # -- what a method defines ---------------------------------------------------------------------------
 
     def select_taps(self, student, teacher, params, input_size) -> tuple[list[str], list[str]]:
         """Module paths of the paired student and teacher taps (default: the params' lists or the stages)."""
-        return paired_taps(student, teacher, params.student_taps, params.teacher_taps, self.default_taps,
-                           input_size)
+        return paired_taps(
+            student, teacher, params.student_taps, params.teacher_taps, self.default_taps, input_size
+        )
 
     def check_pairs(self, student_shapes: list[Shape], teacher_shapes: list[Shape]) -> None:
         """Raise :class:`ConfigError` when the tapped shapes cannot be compared (default: accept)."""
@@ -107,13 +123,29 @@ class FeaturePairDistiller(Distiller):
 
     def student_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Student logits ``(B, classes)`` and its maps at :attr:`student_paths` (in the autograd graph)."""
-        logits, feats = student_features(self.student, self.student_paths, images)
-        return logits, [feats[p] for p in self.student_paths]
+        if self.student_reads == "output":
+            logits, feats = student_features(self.student, self.student_paths, images)
+            return logits, [feats[p] for p in self.student_paths]
+        inputs: dict[str, torch.Tensor] = {}
+        hooks = [
+            self.student.get_submodule(p).register_forward_pre_hook(
+                lambda m, args, p=p: inputs.__setitem__(p, args[0])
+            )
+            for p in self.student_paths
+        ]
+        try:
+            logits, _ = student_features(self.student, self.student_paths, images)
+        finally:
+            for h in hooks:
+                h.remove()
+        return logits, [inputs[p] for p in self.student_paths]
 
     def teacher_targets(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The teacher's maps at :attr:`teacher_paths` (no gradient): the one place the teacher is read."""
-        feats = teacher_features(self.teacher, self.teacher_paths, images)
-        return [feats[p] for p in self.teacher_paths]
+        """The teacher's maps (no gradient), one per pair, then its logits ``(B, classes)`` when
+        :attr:`reads_teacher_logits`: the one place the teacher is read."""
+        paths = list(self.teacher_paths)
+        feats = teacher_features(self.teacher, paths, images)
+        return [feats[p] for p in paths]
 
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, C, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
@@ -131,6 +163,58 @@ class FeaturePairDistiller(Distiller):
         return {}
 
 
-def refuse(method: str, reason: str) -> ConfigError:
-    """A start-up error naming the method."""
-    return ConfigError(f"{method}: {reason}")
+def classifier_path(model: nn.Module, role: str, method: str) -> str:
+    """Module path of ``model``'s classifier: its ``classifier`` tap, else its last ``nn.Linear``."""
+    try:
+        (path,) = resolve_taps(model, ["classifier"], role)
+        if isinstance(model.get_submodule(path), nn.Linear):
+            return path
+    except ConfigError:
+        pass
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{method}: the {role} {type(model).__name__} has no nn.Linear classifier to reuse")
+    return linears[-1]
+
+
+@torch.no_grad()
+def preactivation_paths(
+    model: nn.Module, paths: Sequence[str], input_size, role: str, method: str
+) -> list[str]:
+    """For each tap, the non-inplace ``nn.ReLU`` whose output *is* the tap's output (the tap itself when it
+    is one), found with one dummy forward; its input is the tap's pre-activation. Raises
+    :class:`ConfigError` for a tap not produced by such a ReLU."""
+    found: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for path in paths:
+            module = model.get_submodule(path)
+            if isinstance(module, nn.ReLU):
+                candidates = [path]
+            else:
+                candidates = [
+                    f"{path}.{n}" for n, m in module.named_modules() if n and isinstance(m, nn.ReLU)
+                ]
+            outputs: dict[str, object] = {}
+            hooks = [
+                model.get_submodule(c).register_forward_hook(
+                    lambda m, a, out, c=c, store=outputs: store.__setitem__(c, out)
+                )
+                for c in [path, *candidates]
+            ]
+            try:
+                model(torch.randn(2, *input_size))
+            finally:
+                for h in hooks:
+                    h.remove()
+            match = [c for c in candidates if outputs.get(c) is outputs.get(path)]
+            if not match or model.get_submodule(match[-1]).inplace:
+                raise ConfigError(
+                    f"{method}: {role} tap {path!r} is not the output of a non-inplace nn.ReLU, so its "
+                    "pre-activation cannot be read; give taps that name ReLU modules (their inputs are read)"
+                )
+            found.append(match[-1])
+    finally:
+        model.train(was_training)
+    return found
