@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from letkd.methods.base import register_method
 from letkd.methods.features import paired_taps
@@ -29,6 +30,23 @@ from letkd.methods.fitnet import HintRegressor
 from letkd.methods.init_stage import InitStageDistiller, InitStageParams
 from letkd.methods.losses import ab_loss
 from letkd.methods.pairs import preactivation_paths
+
+
+def ab_connector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module | None:
+    """``None`` (identity) when the ``(C, H, W)`` shapes match, else ``ConvReg(use_relu=False)`` (conv + BN)."""
+    if tuple(student_shape) == tuple(teacher_shape):
+        return None
+    return HintRegressor(student_shape, teacher_shape, use_relu=False)
+
+
+def ab_pair_weights(n: int) -> list[float]:
+    """``2^(i−n+1)`` for pair ``i`` of ``n``: the deepest pair weighs 1, each shallower one half the next."""
+    return [2.0 ** (i - n + 1) for i in range(n)]
+
+
+def ab_pair_loss(source: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
+    """Margin loss of one pair (``source`` after its connector), summed, ``· 3 / 1000 / B``."""
+    return ab_loss(source, target, margin) / source.shape[0] * 3 / 1000
 
 
 @register_method("ab")
@@ -53,15 +71,13 @@ class AB(InitStageDistiller):
         )
 
     def make_connector(self, i, student_shape, teacher_shape):
-        """Identity when the shapes match, else conv + BN (``ConvReg(use_relu=False)``)."""
-        if tuple(student_shape) == tuple(teacher_shape):
-            return None
-        return HintRegressor(student_shape, teacher_shape, use_relu=False)
+        """See :func:`ab_connector`."""
+        return ab_connector(student_shape, teacher_shape)
 
     def make_pair_weights(self, n: int) -> list[float]:
-        """``2^(i−n+1)``: the deepest pair weighs 1, each shallower one half the next."""
-        return [2.0 ** (i - n + 1) for i in range(n)]
+        """See :func:`ab_pair_weights`."""
+        return ab_pair_weights(n)
 
     def pair_loss(self, i: int, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Margin loss of pair ``i``, summed, ``· 3 / 1000 / B``."""
-        return ab_loss(s, t, self.params.margin) / s.shape[0] * 3 / 1000
+        """See :func:`ab_pair_loss`."""
+        return ab_pair_loss(s, t, self.params.margin)
