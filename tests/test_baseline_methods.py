@@ -128,9 +128,8 @@ def test_ab(ref):
     students = [_t(ref, f"ab/feat_student_{i}", grad=True) for i in range(n)]
     teachers = [_t(ref, f"ab/feat_teacher_{i}") for i in range(n)]
     margin = float(ref["ab/margin"])
-    connectors = nn.ModuleList(
-        ab_connector(tuple(s.shape[1:]), tuple(t.shape[1:])) or nn.Identity() for s, t in zip(students, teachers)
-    )
+    shapes = [(tuple(s.shape[1:]), tuple(t.shape[1:])) for s, t in zip(students, teachers)]
+    connectors = nn.ModuleList(ab_connector(*pair) or nn.Identity() for pair in shapes)
     _load(connectors, ref, "ab/", strip="connectors.")
     weights = ab_pair_weights(n)
     _close(np.array(weights), ref["ab/weights"])

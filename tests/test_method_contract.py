@@ -66,6 +66,7 @@ def test_method_trains_and_keeps_the_contract(name):
     trainable = list(d.trainable_parameters())
     assert trainable and not {id(p) for p in trainable} & teacher_ids
     teacher_before = {k: v.clone() for k, v in d.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in d.student.named_parameters()}
     opt = torch.optim.SGD(trainable, lr=0.05)
     d.train()
     for epoch in (0, EPOCHS - 1):
@@ -84,6 +85,7 @@ def test_method_trains_and_keeps_the_contract(name):
         assert all(p.grad is None for p in d.teacher.parameters())
         opt.step()
     assert not d.teacher.training
+    assert any(not torch.equal(p, student_before[k]) for k, p in d.student.named_parameters())
     for k, v in d.teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
 

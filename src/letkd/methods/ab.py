@@ -33,7 +33,7 @@ from letkd.methods.pairs import preactivation_paths
 
 
 def ab_connector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module | None:
-    """``None`` (identity) when the ``(C, H, W)`` shapes match, else ``ConvReg(use_relu=False)`` (conv + BN)."""
+    """Identity (``None``) when the ``(C, H, W)`` shapes match, else ``ConvReg(use_relu=False)``."""
     if tuple(student_shape) == tuple(teacher_shape):
         return None
     return HintRegressor(student_shape, teacher_shape, use_relu=False)
