@@ -16,7 +16,8 @@ from letkd.config import load_config
 from letkd.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2"]
+METHODS = ["vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2",
+           "vid", "ab", "fsp", "nst", "pkt", "rkd", "crd", "crd_kd", "simkd"]
 CHANCE = 10.0  # digits has 10 balanced classes
 
 

@@ -7,10 +7,12 @@ ReLU: conv + BN) and a margin loss pushes it beyond ``±margin`` on the side of 
 pair ``i`` of ``n`` weighs ``2^(i−n+1)``, and each pair's sum is scaled by ``3 / 1000 / B``
 (RepDistiller's ``ABLoss``). Then plain training.
 
-Pre-activations: the student's taps are read *before* their final ReLU (the input of the non-inplace
-``nn.ReLU`` that produces each stage's output, found at start-up; a model whose stage outputs do not come
-from such a ReLU is refused). The teacher's ReLU outputs are read: the loss only uses the sign of the
-teacher's pre-activation, and ``relu(t) > 0`` exactly when ``t > 0``.
+Pre-activations: the student's taps are read *before* their final ReLU (a copy of the input of the
+``nn.ReLU`` that produces each stage's output, found at start-up, or of the ReLU a tap names; a stage
+output that no ReLU produces is refused). Pre-activation networks (WRN) name ReLU taps, as RepDistiller's
+``preact`` features do: ``block2.layer.0.relu1``, ``block3.layer.0.relu1``, ``relu``. The teacher's ReLU
+outputs are read: the loss only uses the sign of the teacher's pre-activation, and ``relu(t) > 0`` exactly
+when ``t > 0``.
 
 Defaults (RepDistiller ``train_student.py``/``run_cifar_distill.sh``: ``--distill abound -r 1 -a 0 -b 1``,
 ``--init_epochs 30``, ``ABLoss(margin=1.0)``, pairs ``feat[1:-1]`` = every stage): ``init_epochs 30``,

@@ -129,7 +129,7 @@ class FeaturePairDistiller(Distiller):
         inputs: dict[str, torch.Tensor] = {}
         hooks = [
             self.student.get_submodule(p).register_forward_pre_hook(
-                lambda m, args, p=p: inputs.__setitem__(p, args[0])
+                lambda m, args, p=p: inputs.__setitem__(p, args[0].clone())  # an inplace ReLU follows
             )
             for p in self.student_paths
         ]
@@ -181,7 +181,7 @@ def classifier_path(model: nn.Module, role: str, method: str) -> str:
 def preactivation_paths(
     model: nn.Module, paths: Sequence[str], input_size, role: str, method: str
 ) -> list[str]:
-    """For each tap, the non-inplace ``nn.ReLU`` whose output *is* the tap's output (the tap itself when it
+    """For each tap, the ``nn.ReLU`` whose output *is* the tap's output (the tap itself when it
     is one), found with one dummy forward; its input is the tap's pre-activation. Raises
     :class:`ConfigError` for a tap not produced by such a ReLU."""
     found: list[str] = []
@@ -209,10 +209,10 @@ def preactivation_paths(
                 for h in hooks:
                     h.remove()
             match = [c for c in candidates if outputs.get(c) is outputs.get(path)]
-            if not match or model.get_submodule(match[-1]).inplace:
+            if not match:
                 raise ConfigError(
-                    f"{method}: {role} tap {path!r} is not the output of a non-inplace nn.ReLU, so its "
-                    "pre-activation cannot be read; give taps that name ReLU modules (their inputs are read)"
+                    f"{method}: {role} tap {path!r} is not the output of an nn.ReLU, so its pre-activation "
+                    "cannot be read; give taps that name ReLU modules (their inputs are read)"
                 )
             found.append(match[-1])
     finally:
