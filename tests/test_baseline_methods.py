@@ -217,3 +217,17 @@ def test_simkd(ref):
         projected = head.transfer(_t(ref, "simkd/feat_student"))
         _close(projected, ref["simkd/projected_eval"])
         _close(cls_t(projected.mean((2, 3))), ref["simkd/logits_eval"])
+
+
+def test_simkd_checkpoints_are_not_exported_as_the_bare_student():
+    from letkd.commands.export import build_student
+
+    with pytest.raises(ValueError, match="'simkd' run deploys more than its student"):
+        build_student({}, {"method": "simkd", "model_name": "resnet8", "num_classes": 10})
+    build_student(create_student_state(), {"method": "vid", "model_name": "resnet8", "num_classes": 10})
+
+
+def create_student_state() -> dict[str, torch.Tensor]:
+    from letkd.models import create_model
+
+    return create_model("resnet8", 10).state_dict()

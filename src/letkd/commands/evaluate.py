@@ -49,11 +49,16 @@ def load_model_for_eval(checkpoint: str, model_name: str | None, num_classes: in
     Returns ``(model, model_name)``.
     """
     from letkd.config import ConfigError
+    from letkd.methods.base import check_standalone_student
     from letkd.models import create_model, load_weights, read_checkpoint
 
     raw = read_checkpoint(checkpoint)
     meta: dict[str, Any] = raw.get("meta", {}) if isinstance(raw, dict) and "model" in raw else {}
     saved_name = meta.get("model_name")
+    try:
+        check_standalone_student(meta.get("method"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if model_name and saved_name and model_name != saved_name:
         raise ConfigError(f"--model {model_name} but the checkpoint holds a {saved_name}")
     name = model_name or saved_name

@@ -56,8 +56,10 @@ def build_student(
     num_classes: int | None = None,
 ) -> nn.Module:
     """The student of a checkpoint: built by name, grafted per ``meta["grafts"]``, weights loaded strictly."""
+    from letkd.methods.base import check_standalone_student
     from letkd.models import create_model
 
+    check_standalone_student(meta.get("method"))
     name = model_name or meta.get("model_name")
     if not name:
         raise ValueError("the checkpoint has no model name in its metadata; pass --model NAME")

@@ -40,6 +40,20 @@ def get_method(name: str) -> type[Distiller]:
         raise KeyError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}") from None
 
 
+def check_standalone_student(method: str | None) -> None:
+    """Raise ``ValueError`` if checkpoints of ``method`` cannot be used as the student alone."""
+    cls = _METHODS.get(method or "") if method else None
+    if method and cls is None:
+        import letkd.methods  # noqa: F401
+
+        cls = _METHODS.get(method)
+    if cls is not None and not cls.standalone_student:
+        raise ValueError(
+            f"a {method!r} run deploys more than its student network (see docs/methods.md); "
+            "exporting or evaluating the student alone would give wrong predictions, so it is refused"
+        )
+
+
 def list_methods() -> list[str]:
     """Names of all registered methods."""
     import letkd.methods  # noqa: F401
@@ -128,6 +142,9 @@ class Distiller(nn.Module):
     #: ``forward_train`` receives ``index (B,)`` and ``contrast_index (B, K+1)`` (see
     #: :class:`letkd.data.contrast.ContrastSampleDataset`; ``num_negatives`` gives K)
     needs_sample_indices: ClassVar[bool] = False
+    #: whether the trained student alone is the deployed model (``False``: the method adds a head that
+    #: ``letkd export`` / ``letkd eval`` cannot rebuild from the student's checkpoint, e.g. SimKD)
+    standalone_student: ClassVar[bool] = True
 
     @classmethod
     def parse_params(cls, params: dict[str, Any] | MethodParams | None) -> MethodParams:

@@ -14,8 +14,9 @@ Defaults (SimKD ``scripts/run_distill.sh``: ``--distill simkd -c 0 -d 0 -b 1``; 
 The deployed student is student backbone + projector + the teacher's classifier.
 :meth:`extra_parameters` counts the projector (the reused classifier replaces the student's own).
 Evaluation inside the run uses this head. The run's checkpoint holds all three (the distiller's state);
-a student exported on its own would lack the projector and the reused classifier, so exporting a
-``simkd`` run is refused until the export format can carry them.
+a student exported on its own would lack the projector and the reused classifier, so ``letkd export`` and
+``letkd eval`` refuse ``simkd`` checkpoints (:attr:`standalone_student` is false) until the export format
+can carry them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class SimKD(FeaturePairDistiller):
 
     default_taps = "last"
     find_unused_parameters = True  # the student's own classifier gets no gradient
+    standalone_student = False  # deployed with the projector and the teacher's classifier
 
     class Params(PairParams):
         """``method.params`` of ``simkd``; ``None`` taps = the last feature stage (penultimate maps)."""
