@@ -80,11 +80,11 @@ class ContrastMemory(nn.Module):
 class CRD(FeaturePairDistiller):
     """Contrastive distillation of pooled penultimate features with momentum memory banks."""
 
-    default_taps = "last"
+    default_taps = "penultimate"
     needs_sample_indices = True
 
     class Params(PairParams):
-        """``method.params`` of ``crd``; ``None`` taps = the last feature stage (pooled)."""
+        """``method.params`` of ``crd``; ``None`` taps = the ``penultimate`` tap (pooled)."""
 
         weight: float = Field(0.8, ge=0)
         kd_weight: float = Field(0.0, ge=0, description="Hinton KD weight (RepDistiller -a)")

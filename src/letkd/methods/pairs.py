@@ -55,8 +55,9 @@ class FeaturePairDistiller(Distiller):
 
     requires_teacher = True
     Params: ClassVar[type[MethodParams]] = PairParams
-    #: the stages paired when the params give no taps: all of them, or the last one
-    default_taps: ClassVar[Literal["all", "last"]] = "all"
+    #: the taps paired when the params give none: all stages, the last stage, or the ``penultimate`` tap
+    #: (the map the classifier pools, RepDistiller's ``feat[-1]`` before pooling)
+    default_taps: ClassVar[Literal["all", "last", "penultimate"]] = "all"
     #: read the student taps' outputs, or their inputs (pre-activations when the taps are ReLU modules)
     student_reads: ClassVar[Literal["output", "input"]] = "output"
     #: whether :meth:`teacher_targets` also returns the teacher's logits (read at its classifier)
@@ -88,6 +89,10 @@ class FeaturePairDistiller(Distiller):
 
     def select_taps(self, student, teacher, params, input_size) -> tuple[list[str], list[str]]:
         """Module paths of the paired student and teacher taps (default: the params' lists or the stages)."""
+        if self.default_taps == "penultimate":
+            s_taps = params.student_taps or ["penultimate"]
+            t_taps = params.teacher_taps or ["penultimate"]
+            return paired_taps(student, teacher, s_taps, t_taps, "last", input_size)
         return paired_taps(
             student, teacher, params.student_taps, params.teacher_taps, self.default_taps, input_size
         )

@@ -5,7 +5,7 @@ pooled penultimate features ``(B, C)`` (RepDistiller's ``feat[-1]``): smooth-L1 
 pairwise distances and between triplet angles.
 Defaults (RepDistiller ``train_student.py``/``run_cifar_distill.sh``: ``--distill rkd -r 1 -a 0 -b 1``,
 ``RKDLoss(w_d=25, w_a=50)``): ``weight 1``, ``distance_weight 25``, ``angle_weight 50``, ``ce_weight 1``,
-taps = the last stage. No extra parameters.
+taps = the ``penultimate`` tap. No extra parameters.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from letkd.methods.pairs import FeaturePairDistiller, PairParams, global_pool
 class RKD(FeaturePairDistiller):
     """Relational distillation of distances and angles between pooled penultimate embeddings."""
 
-    default_taps = "last"
+    default_taps = "penultimate"
 
     class Params(PairParams):
-        """``method.params`` of ``rkd``; ``None`` taps = the last feature stage (pooled)."""
+        """``method.params`` of ``rkd``; ``None`` taps = the ``penultimate`` tap (pooled)."""
 
         distance_weight: float = Field(25.0, ge=0)
         angle_weight: float = Field(50.0, ge=0)

@@ -9,7 +9,7 @@ student's own classifier is unused. If the student's grid is larger it is pooled
 otherwise the teacher map is pooled to the student's.
 
 Defaults (SimKD ``scripts/run_distill.sh``: ``--distill simkd -c 0 -d 0 -b 1``; ``SimKD(factor=2)``):
-``weight 1``, ``ce_weight 0``, ``factor 2``, taps = the last stage (penultimate maps).
+``weight 1``, ``ce_weight 0``, ``factor 2``, taps = the ``penultimate`` tap (penultimate maps).
 
 The deployed student is student backbone + projector + the teacher's classifier.
 :meth:`extra_parameters` counts the projector (the reused classifier replaces the student's own).
@@ -46,12 +46,12 @@ def projector(student_channels: int, teacher_channels: int, factor: int) -> nn.S
 class SimKD(FeaturePairDistiller):
     """Projected student features fed to the reused, frozen teacher classifier."""
 
-    default_taps = "last"
+    default_taps = "penultimate"
     find_unused_parameters = True  # the student's own classifier gets no gradient
     standalone_student = False  # deployed with the projector and the teacher's classifier
 
     class Params(PairParams):
-        """``method.params`` of ``simkd``; ``None`` taps = the last feature stage (penultimate maps)."""
+        """``method.params`` of ``simkd``; ``None`` taps = the ``penultimate`` tap."""
 
         weight: float = Field(1.0, ge=0)
         ce_weight: float = Field(0.0, ge=0)
