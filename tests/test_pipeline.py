@@ -18,10 +18,6 @@ from letkd.pipeline import run_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ["vid", "ab", "fsp", "nst", "pkt", "rkd", "crd", "crd_kd", "simkd"]
 METHODS = ["vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2", *ZOO]
-#: the zoo's runs use a third of the training images to keep the suite short, except AB: its one CE epoch
-#: after the init epoch needs the whole set to leave chance level
-ZOO_OVERRIDES = ["data.train_subset=512"]
-FULL_DATA = {"ab"}
 CHANCE = 10.0  # digits has 10 balanced classes
 
 
@@ -41,8 +37,7 @@ def summaries(workdir):
     """Every digits method run once through the pipeline (the teacher is trained by the first one)."""
     out = {}
     for method in METHODS:
-        extra = ZOO_OVERRIDES if method in ZOO and method not in FULL_DATA else []
-        cfg = load_config(f"configs/digits/{method}.yaml", ["train.progress=false", *extra])
+        cfg = load_config(f"configs/digits/{method}.yaml", ["train.progress=false"])
         out[method] = run_pipeline(cfg, run_dir=workdir / "runs" / method)
     return out
 
