@@ -15,7 +15,8 @@ the same images, and no time goes into extracting features of the other training
 completed under the same budget are reused, so an interrupted benchmark picks up where it stopped.
 
 Settings (environment): ``LETKD_BENCH_SEEDS`` (default 3), ``LETKD_BENCH_EPOCHS`` (student epochs, 5),
-``LETKD_BENCH_SUBSET`` (training images, 4000), ``LETKD_BENCH_TEACHER_EPOCHS`` (default 2 × student epochs),
+``LETKD_BENCH_SUBSET`` (training images, 4000), ``LETKD_BENCH_METHODS`` (comma-separated labels of
+:data:`METHOD_SECTIONS`, default the five above), ``LETKD_BENCH_TEACHER_EPOCHS`` (default 2 × student epochs),
 ``LETKD_BENCH_TEST_SUBSET`` (first N test images, default 5000; 0 = all 10,000), ``LETKD_BENCH_OUT``
 (default ``runs/bench_accuracy``). See docs/benchmarks.md for the time this takes.
 Run: ``python -m benchmarks.run_all accuracy_fmnist``.
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks._common import env_int
+from benchmarks._common import env_int, env_list
 from letkd.config import config_from_dict
 from letkd.data import fashion_mnist
 from letkd.pipeline import run_pipeline
@@ -63,6 +64,22 @@ METHOD_SECTIONS: dict[str, dict[str, Any]] = {
     },
     "letkd1": {"name": "letkd", "params": {"layers": [_LETKD_CODEBOOK]}},
     "letkd2": {"name": "letkd", "params": {"layers": [_SUBCLASS, _LETKD_CODEBOOK]}},
+    # the usual zoo with its RepDistiller / SimKD defaults, scaled to the short run where needed (FSP does
+    # not apply: wrn_16_2 and resnet8 differ in stage widths)
+    "vid": {"name": "vid"},
+    "ab": {
+        "name": "ab",
+        "params": {
+            "init_epochs": 1,
+            "teacher_taps": ["block2.layer.0.relu1", "block3.layer.0.relu1", "relu"],
+        },
+    },
+    "nst": {"name": "nst"},
+    "pkt": {"name": "pkt"},
+    "rkd": {"name": "rkd"},
+    "crd": {"name": "crd", "params": {"nce_k": 4096}},
+    "crd_kd": {"name": "crd_kd", "params": {"nce_k": 4096}},
+    "simkd": {"name": "simkd"},
 }
 
 
@@ -196,9 +213,14 @@ def main() -> None:
         f"K={NUM_TEMPLATES}, {SUBCLASSES_PER_CLASS} sub-classes/class, {LDA_COMPONENTS} LDA dims",
         flush=True,
     )
+    methods = env_list("LETKD_BENCH_METHODS", list(METHODS))
+    unknown = [label for label in methods if label not in METHOD_SECTIONS]
+    if unknown:
+        known = ", ".join(METHOD_SECTIONS)
+        raise ValueError(f"LETKD_BENCH_METHODS: unknown label(s) {unknown}; known: {known}")
     start = time.perf_counter()
     for seed in range(b["seeds"]):
-        for label in METHODS:
+        for label in methods:
             run_dir = runs_root / f"{label}-seed{seed}"
             if completed(run_dir):
                 print(f"  {label:8s} seed {seed}: done earlier ({run_dir})", flush=True)

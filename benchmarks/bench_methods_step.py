@@ -79,6 +79,12 @@ def random_subclasses(generator: torch.Generator) -> SubclassCodebook:
     )
 
 
+#: feature/relation baselines timed with their default params
+NEW_BASELINES = ["vid", "ab", "fsp", "nst", "pkt", "rkd", "crd", "crd_kd", "simkd"]
+#: CIFAR-100's training-set size (CRD's memory banks)
+NUM_TRAIN = 50_000
+
+
 def method_specs(generator: torch.Generator) -> dict[str, tuple[str, dict[str, Any], list[nn.Module] | None]]:
     """Benchmark label → (registered method, params, supervision modules); a ``<label>_tc`` entry is the
     same method with ``teacher.compile`` (see :data:`COMPILED_TEACHER`)."""
@@ -110,6 +116,9 @@ def method_specs(generator: torch.Generator) -> dict[str, tuple[str, dict[str, A
             [random_subclasses(generator), random_codebook(generator)],
         ),
     }
+    # the usual zoo with its defaults (RepDistiller / SimKD); ab and fsp are timed in their init stage
+    # (epoch 0: the feature loss alone; their main stage is a vanilla step)
+    specs.update({name: (name, {}, None) for name in NEW_BASELINES})
     for label in COMPILED_TEACHER:
         specs[label] = specs[label.removesuffix("_tc")]
     return specs
@@ -128,7 +137,11 @@ def build_distiller(
     if compile_teacher:  # compiling a feature method's teacher changes its modules: use a copy
         teacher = copy.deepcopy(teacher)
     context = MethodContext(
-        NUM_CLASSES, INPUT_SIZE, epochs=240, supervision=supervision, compile_teacher=compile_teacher
+        NUM_CLASSES,
+        INPUT_SIZE,
+        supervision=supervision,
+        compile_teacher=compile_teacher,
+        num_train_samples=NUM_TRAIN,
     )
     cls = get_method(method)
     return cls.from_config(student, teacher if cls.requires_teacher else None, params, context).train()
@@ -137,10 +150,16 @@ def build_distiller(
 def make_step(distiller: Distiller, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
     """One training step as the trainer does it: zero grads, forward_train, sum losses, backward, SGD."""
     optimizer = build_optimizer(list(distiller.trainable_parameters()), TrainConfig())
+    extra: dict[str, torch.Tensor] = {}
+    if distiller.needs_sample_indices:  # CRD: indices and negatives as the contrast dataset gives them
+        g = torch.Generator().manual_seed(1)
+        index = torch.randperm(NUM_TRAIN, generator=g)[: len(labels)]
+        negatives = torch.randint(0, NUM_TRAIN, (len(labels), distiller.num_negatives), generator=g)
+        extra = {"index": index, "contrast_index": torch.cat([index[:, None], negatives], 1)}
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        _, losses = distiller.forward_train(images, labels)
+        _, losses = distiller.forward_train(images, labels, **extra)
         torch.stack([v.float() for v in losses.values()]).sum().backward()
         optimizer.step()
 

@@ -34,7 +34,17 @@ CIFAR_PAIRS = {
     "resnet32x4_ShuffleV2": (0.01, True, 1.0, 1.0),
     "ResNet50_MobileNetV2": (0.01, True, 0.2, 0.1),
 }
-CIFAR_METHODS = {"vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2"}
+CIFAR_METHODS = {"vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2",
+                 "vid", "ab", "fsp", "nst", "pkt", "rkd", "crd", "crd_kd", "simkd"}
+# start-up refuses these (FSP: unequal stage widths; AB: stage outputs that no ReLU produces): no config
+CIFAR_REFUSED = {
+    "ResNet50_MobileNetV2": {"ab", "fsp"},
+    "resnet32x4_ShuffleV2": {"ab", "fsp"},
+    "resnet32x4_ShuffleV1": {"fsp"},
+    "wrn_40_2_ShuffleV1": {"fsp"},
+    "wrn_40_2_wrn_40_1": {"fsp"},
+}
+TWO_STAGE = {"ab", "fsp"}  # 30 init epochs before RepDistiller's 240 (methods/init_stage.py)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -93,9 +103,14 @@ def test_config_loads_and_fits_together(path):
         s = _shape(cfg.model.name, nc, params.student_tap, size)
         t = _shape(cfg.teacher.name, nc, params.teacher_tap, size)
         HintRegressor(s, t)  # raises when RepDistiller's ConvReg rules do not cover the grids
-    if cfg.method.name in ("at", "sp") and params.student_taps is None:
+    if cfg.method.name == "fsp":
+        taps = [(cfg.model.name, params.student_taps), (cfg.teacher.name, params.teacher_taps)]
+        widths = [[_shape(m, nc, tap, size)[0] for tap in (t or ["stem", *feature_stages(_model(m, nc))])]
+                  for m, t in taps]
+        assert widths[0] == widths[1], f"FSP needs equal widths: {widths}"
+    if cfg.method.name in ("at", "sp", "vid", "nst", "ab") and params.student_taps is None:
         n_s = len(feature_stages(_model(cfg.model.name, nc)))
-        n_t = len(feature_stages(_model(cfg.teacher.name, nc)))
+        n_t = len(getattr(params, "teacher_taps", None) or feature_stages(_model(cfg.teacher.name, nc)))
         assert n_s == n_t, "stages pair up one to one"
 
 
@@ -104,7 +119,8 @@ def test_cifar100_has_every_pair_and_method():
     folders = {p.name for p in root.iterdir() if p.is_dir() and p.name != "teachers"}
     assert folders == set(CIFAR_PAIRS)
     for pair in CIFAR_PAIRS:
-        assert {p.stem for p in (ROOT / "configs" / "cifar100" / pair).glob("*.yaml")} == CIFAR_METHODS
+        expected = CIFAR_METHODS - CIFAR_REFUSED.get(pair, set())
+        assert {p.stem for p in (ROOT / "configs" / "cifar100" / pair).glob("*.yaml")} == expected
 
 
 @pytest.mark.parametrize("pair", sorted(CIFAR_PAIRS))
@@ -115,8 +131,12 @@ def test_cifar100_configs_follow_the_paper(pair):
         cfg = _load(path)
         assert cfg.data.name == "cifar100" and (cfg.data.batch_size, cfg.data.test_batch_size) == (64, 100)
         tr = cfg.train
-        assert (tr.epochs, tr.lr, tr.momentum, tr.nesterov, tr.weight_decay) == (240, lr, 0.9, True, 5e-4)
-        assert (tr.schedule.type, tr.schedule.milestones, tr.schedule.gamma) == ("step", [150, 180, 210], 0.1)
+        init = cfg.method.params["init_epochs"] if cfg.method.name in TWO_STAGE else 0
+        assert init in (0, 30)
+        epochs = (tr.epochs, tr.lr, tr.momentum, tr.nesterov, tr.weight_decay)
+        assert epochs == (240 + init, lr, 0.9, True, 5e-4)
+        milestones = [150 + init, 180 + init, 210 + init]
+        assert (tr.schedule.type, tr.schedule.milestones, tr.schedule.gamma) == ("step", milestones, 0.1)
         assert pair.endswith(f"_{cfg.model.name}")
         if cfg.teacher:
             assert pair == f"{cfg.teacher.name}_{cfg.model.name}"
@@ -170,6 +190,8 @@ def test_digits_has_a_quick_config_for_every_method():
     for method in CIFAR_METHODS:
         cfg = _load(folder / f"{method}.yaml")
         assert cfg.data.name == "digits" and cfg.train.epochs <= 2  # the whole digits set is 1437 images
+        if method in TWO_STAGE:
+            assert cfg.method.params["init_epochs"] < cfg.train.epochs
         if cfg.teacher is not None:
             assert cfg.teacher.checkpoint is None
             assert Path(cfg.teacher.train_config).resolve() == (folder / "teacher.yaml").resolve()

@@ -16,7 +16,8 @@ from letkd.config import load_config
 from letkd.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2"]
+ZOO = ["vid", "ab", "fsp", "nst", "pkt", "rkd", "crd", "crd_kd", "simkd"]
+METHODS = ["vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2", *ZOO]
 CHANCE = 10.0  # digits has 10 balanced classes
 
 
@@ -115,3 +116,11 @@ def test_run_cli_refuses_missing_teacher_checkpoint(workdir, capsys):
     assert code == 1
     assert "teacher checkpoint not found" in capsys.readouterr().err
 
+
+
+def test_simkd_run_keeps_its_head_and_refuses_a_bare_export(summaries, tmp_path):
+    summary = summaries["simkd"]
+    assert summary["extra_parameters"] > 0  # the projector
+    ckpt = Path(summary["run_dir"]) / "best.pt"
+    with pytest.raises(ValueError, match="deploys more than its student"):
+        cli_main(["export", str(ckpt), "--out", str(tmp_path / "student.pt2")])

@@ -115,6 +115,11 @@ def load_student(
     content = read_checkpoint(checkpoint)
     state, info = extract_state_dict(content)
     meta = dict(info["meta"]) if isinstance(info.get("meta"), Mapping) else {}
+    if meta.get("standalone_student") is False:
+        raise ConfigError(
+            f"a {meta.get('method')!r} run deploys more than its student network (see docs/methods.md); "
+            "exporting or evaluating the student alone would give wrong predictions, so it is refused"
+        )
     saved_name = meta.get("model_name")
     if model_name and saved_name and model_name != saved_name:
         raise ConfigError(f"--model {model_name} but the checkpoint holds a {saved_name}")

@@ -214,6 +214,10 @@ def _build_and_train(
     distiller = build_distiller(
         cfg, student, teacher, supervision, num_classes, input_size_of(test_set), len(train_set)
     )
+    if distiller.needs_sample_indices:  # CRD: each sample's index and its negatives, seeded per epoch
+        from letkd.data.contrast import ContrastSampleDataset
+
+        train_set = ContrastSampleDataset(train_set, distiller.num_negatives, cfg.seed)
     info = dist_utils.current_info()
     trainer = Trainer(
         distiller,

@@ -69,3 +69,10 @@ def evaluate(
         "loss": meter.mean("loss"),
         "count": meter.count,
     }
+
+
+def batch_extras(batch: Any, device: torch.device) -> dict[str, Any]:
+    """Entries of a batch's optional third element (a dict, e.g. sample indices) moved to ``device``."""
+    if isinstance(batch, (list, tuple)) and len(batch) > 2 and isinstance(batch[2], dict):
+        return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch[2].items()}
+    return {}

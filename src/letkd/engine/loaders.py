@@ -76,7 +76,8 @@ def build_train_loader(dataset: Dataset, cfg: RunConfig, info: DistInfo, device:
         sampler=sampler,
         drop_last=cfg.data.drop_last,
         generator=torch.Generator(),
-        **_loader_kwargs(cfg, device, cfg.train.deterministic),
+        # a dataset that changes per epoch (set_epoch) must be re-sent to the workers each epoch
+        **_loader_kwargs(cfg, device, cfg.train.deterministic or hasattr(dataset, "set_epoch")),
     )
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,14 +28,16 @@ from letkd.config import RunConfig
 from letkd.deploy import graft_spec
 from letkd.engine import distributed as dist_utils
 from letkd.engine.distributed import DistInfo
-from letkd.engine.evaluation import autocast_context, batch_to_device, evaluate
+from letkd.engine.evaluation import autocast_context, batch_extras, batch_to_device, evaluate
 from letkd.engine.host_memory import reuse_freed_host_memory
 from letkd.engine.metrics import SumMeter
 from letkd.engine.optim import build_optimizer, lr_at_epoch, set_lr
 from letkd.engine.rundir import BEST, LAST, RunLogger, run_summary
 from letkd.engine.state import Progress, capture_state, load_checkpoint, restore_state
-from letkd.methods.base import Distiller
 from letkd.utils import seed_everything, tqdm_disable
+
+if TYPE_CHECKING:  # the engine knows the Distiller interface, not the method registry
+    from letkd.methods.base import Distiller
 
 PROGRESS_EVERY = 10  # steps between progress-bar text updates (formatting costs a little)
 
@@ -73,7 +75,8 @@ class Trainer:
     """Trains ``distiller`` for ``cfg.train.epochs`` epochs; :meth:`fit` returns the run summary.
 
     ``train_loader`` must use a sampler with ``set_epoch`` (see :mod:`letkd.engine.loaders`). Batches are
-    ``(images (B, 3, H, W), labels (B,), ...)``. Under ``torchrun`` the process group must already be
+    ``(images (B, 3, H, W), labels (B,))`` or ``(images, labels, {name: tensor})``: the dict's entries go to
+    ``forward_train`` as keyword arguments. Under ``torchrun`` the process group must already be
     initialised (:func:`letkd.engine.distributed.init_distributed`); the distiller is then wrapped in
     DistributedDataParallel (the frozen teacher holds no trainable parameters and is not synchronised).
     """
@@ -143,6 +146,8 @@ class Trainer:
             "num_classes": self.cfg.model.num_classes,
             "input_size": list(sample.shape),
             "method": self.cfg.method.name,
+            # False: the deployed model is more than the student network (e.g. SimKD's reused head)
+            "standalone_student": bool(self.distiller.standalone_student),
             "dataset": self.cfg.data.name,
             "config": self.cfg.model_dump(mode="json"),
         }
@@ -253,6 +258,8 @@ class Trainer:
         sampler = self.train_loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        if hasattr(self.train_loader.dataset, "set_epoch"):  # e.g. negatives drawn per epoch
+            self.train_loader.dataset.set_epoch(epoch)
         if self.train_loader.generator is not None:
             self.train_loader.generator.manual_seed(seed)
 
@@ -298,8 +305,9 @@ class Trainer:
             if tc.schedule.per_step:
                 set_lr(self.optimizer, lr_at_epoch(tc, epoch + step / max(steps, 1)))
             images, labels = batch_to_device(batch, self.device, tc.channels_last)
+            extra = batch_extras(batch, self.device)
             with autocast_context(self.device, tc.amp):
-                logits, losses = self.model(images, labels)
+                logits, losses = self.model(images, labels, **extra)
             if not names:
                 names = list(losses)
             total = torch.stack([v.float() for v in losses.values()]).sum()

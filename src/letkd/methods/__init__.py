@@ -1,6 +1,24 @@
 """Distillation methods. Importing this package registers every built-in method."""
 
-from letkd.methods import at, dkd, fitnet, kd, letkd, quest, sp, vanilla  # noqa: F401  (registers them)
+from letkd.methods import (  # noqa: F401  (registers them)
+    ab,
+    at,
+    crd,
+    crd_kd,
+    dkd,
+    fitnet,
+    fsp,
+    kd,
+    letkd,
+    nst,
+    pkt,
+    quest,
+    rkd,
+    simkd,
+    sp,
+    vanilla,
+    vid,
+)
 from letkd.methods.base import (
     Distiller,
     MethodContext,

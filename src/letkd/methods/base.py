@@ -87,8 +87,13 @@ class Distiller(nn.Module):
     Params: ClassVar[type[MethodParams]] = MethodParams
     #: whether :meth:`from_config` refuses to build without a teacher
     requires_teacher: ClassVar[bool] = False
-    #: whether ``forward_train`` needs each sample's dataset index (``batch["index"]`` and negatives)
+    #: whether training batches must carry sample indices: the training set is then wrapped so that
+    #: ``forward_train`` receives ``index (B,)`` and ``contrast_index (B, K+1)`` (see
+    #: :class:`letkd.data.contrast.ContrastSampleDataset`; ``num_negatives`` gives K)
     needs_sample_indices: ClassVar[bool] = False
+    #: whether the trained student alone is the deployed model (``False``: the method adds a head that
+    #: ``letkd export`` / ``letkd eval`` cannot rebuild from the student's checkpoint, e.g. SimKD)
+    standalone_student: ClassVar[bool] = True
 
     @classmethod
     def parse_params(cls, params: dict[str, Any] | MethodParams | None) -> MethodParams:

@@ -72,7 +72,7 @@ def tap_shapes(
 
 def paired_taps(
     student: nn.Module,
-    teacher: FrozenTeacher,
+    teacher: nn.Module | FrozenTeacher,
     student_taps: Sequence[str] | None,
     teacher_taps: Sequence[str] | None,
     default: Literal["all", "last"],
@@ -80,11 +80,12 @@ def paired_taps(
 ) -> tuple[list[str], list[str]]:
     """Resolve matched lists of student and teacher taps (``None`` = the networks' stages, ``default``).
 
-    The teacher's paths are declared as its taps. Checks with a dummy forward that every tap yields a
-    ``(C, H, W)`` map; raises :class:`ConfigError` when the lists differ in length or a tap is unknown.
+    On a :class:`FrozenTeacher` the teacher's paths are declared as its taps. Checks with a dummy forward
+    that every tap yields a ``(C, H, W)`` map; raises :class:`ConfigError` when the lists differ in length
+    or a tap is unknown.
     """
     s_taps = student_taps or default_stage_taps(student, default, "student")
-    t_taps = teacher_taps or default_stage_taps(teacher.module, default, "teacher")
+    t_taps = teacher_taps or default_stage_taps(_network(teacher), default, "teacher")
     if len(s_taps) != len(t_taps):
         raise ConfigError(
             f"the student taps {list(s_taps)} and the teacher taps {list(t_taps)} must pair up one to one; "

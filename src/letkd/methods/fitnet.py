@@ -15,18 +15,22 @@ from pydantic import Field
 from torch import nn
 
 from letkd.config import ConfigError
-from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
-from letkd.methods.features import resolve_taps, student_features, tap_shapes
+from letkd.methods.base import MethodParams, register_method
+from letkd.methods.features import resolve_taps
+from letkd.methods.pairs import FeaturePairDistiller
 
 
 class HintRegressor(nn.Module):
-    """RepDistiller's ``ConvReg``: ``(B, C_s, H_s, W_s) -> (B, C_t, H_t, W_t)`` by conv, BN and ReLU.
+    """RepDistiller's ``ConvReg``: ``(B, C_s, H_s, W_s) -> (B, C_t, H_t, W_t)`` by conv, BN and (optionally)
+    ReLU.
 
     The conv depends on the grids: ``H_s == 2·H_t`` → 3×3 stride 2; ``2·H_s == H_t`` → 4×4 transposed conv
     stride 2; ``H_s >= H_t`` → a ``(1+H_s−H_t) × (1+W_s−W_t)`` conv (1×1 when the grids match).
     """
 
-    def __init__(self, student_shape: tuple[int, int, int], teacher_shape: tuple[int, int, int]):
+    def __init__(
+        self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], use_relu: bool = True
+    ) -> None:
         super().__init__()
         s_c, s_h, s_w = student_shape
         t_c, t_h, t_w = teacher_shape
@@ -39,17 +43,17 @@ class HintRegressor(nn.Module):
         else:
             raise ValueError(f"no regressor from student grid {s_h}×{s_w} to teacher grid {t_h}×{t_w}")
         self.bn = nn.BatchNorm2d(t_c)
+        self.use_relu = use_relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_s, H_s, W_s) -> (B, C_t, H_t, W_t)``."""
-        return F.relu(self.bn(self.conv(x)))
+        x = self.bn(self.conv(x))
+        return F.relu(x) if self.use_relu else x
 
 
 @register_method("fitnet")
-class FitNet(Distiller):
+class FitNet(FeaturePairDistiller):
     """Hint-based feature regression at one student/teacher tap pair."""
-
-    requires_teacher = True
 
     class Params(MethodParams):
         """``method.params`` of ``fitnet``."""
@@ -59,29 +63,29 @@ class FitNet(Distiller):
         weight: float = Field(100.0, ge=0)
         ce_weight: float = Field(1.0, ge=0)
 
-    def __init__(self, student, teacher, params: Params | None = None, context: MethodContext | None = None):
-        super().__init__(student, teacher, params, context)
-        p, input_size = self.params, self.context.input_size
-        (self.student_path,) = resolve_taps(student, [p.student_tap], "student")
-        (self.teacher_path,) = resolve_taps(self.teacher, [p.teacher_tap], "teacher")
-        (s_shape,) = tap_shapes(student, [self.student_path], input_size, "student")
-        (t_shape,) = tap_shapes(self.teacher, [self.teacher_path], input_size, "teacher")
+    def select_taps(self, student, teacher, params, input_size):
+        """One pair: ``student_tap`` with ``teacher_tap``."""
+        return resolve_taps(student, [params.student_tap], "student"), resolve_taps(
+            teacher, [params.teacher_tap], "teacher"
+        )
+
+    def make_connector(self, i, student_shape, teacher_shape):
+        """RepDistiller's ``ConvReg`` with ReLU from the student's hint to the teacher's grid and width."""
         try:
-            self.regressor = HintRegressor(s_shape, t_shape)
+            return HintRegressor(student_shape, teacher_shape)
         except ValueError as exc:
+            p = self.params
             raise ConfigError(
-                f"fitnet: student tap {p.student_tap!r} {s_shape} cannot be regressed to teacher tap "
-                f"{p.teacher_tap!r} {t_shape}: {exc}; choose taps where the student grid is at least "
+                f"fitnet: student tap {p.student_tap!r} {student_shape} cannot be regressed to teacher tap "
+                f"{p.teacher_tap!r} {teacher_shape}: {exc}; choose taps where the student grid is at least "
                 "the teacher's or exactly half of it"
             ) from None
 
-    def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
-        """``images (B, 3, H, W)``, ``labels (B,)`` -> logits ``(B, classes)``, ``{loss_ce, loss_kd}``."""
-        logits, feats = student_features(self.student, [self.student_path], images)
-        target = self.teacher.features(images)[self.teacher_path]
-        hint = self.regressor(feats[self.student_path])
-        p = self.params
-        return logits, {
-            "loss_ce": p.ce_weight * F.cross_entropy(logits, labels),
-            "loss_kd": p.weight * F.mse_loss(hint, target),
-        }
+    @property
+    def regressor(self) -> HintRegressor:
+        """The hint regressor (the only connector)."""
+        return self.connectors[0]
+
+    def pair_loss(self, i: int, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the regressed hint."""
+        return F.mse_loss(s, t)

@@ -150,3 +150,54 @@ def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 
     teacher_term = poly_kernel(f_t, f_t).mean().detach()
     return teacher_term + poly_kernel(f_s, f_s).mean() - 2 * poly_kernel(f_s, f_t).mean()
+
+
+def vid_loss(pred_mean: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor, eps: float = 1e-5):
+    """Variational information distillation (Ahn et al., CVPR 2019): Gaussian NLL of the teacher map.
+
+    ``pred_mean``, ``target``: ``(B, C, H, W)``; ``log_scale``: ``(C,)`` with variance
+    ``softplus(log_scale) + eps``. Mean over all elements of ``½((μ − t)²/σ² + log σ²)`` (no ½ log 2π).
+    """
+    var = (F.softplus(log_scale) + eps).view(1, -1, 1, 1)
+    return (0.5 * ((pred_mean - target).pow(2) / var + var.log())).mean()
+
+
+def ab_loss(source: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Activation-boundary margin loss (Heo et al., AAAI 2019), summed over all elements.
+
+    Where the teacher pre-activation ``target`` is off (≤ 0) the student's ``source`` is pushed below
+    ``−margin``; where it is on, above ``+margin``. Only the sign of ``target`` matters.
+    """
+    on = target > 0
+    push_down = (source + margin).pow(2) * ((source > -margin) & ~on)
+    push_up = (source - margin).pow(2) * ((source <= margin) & on)
+    return (push_down + push_up).sum()
+
+
+def fsp_matrices(features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """FSP matrices (Yim et al., CVPR 2017) of consecutive maps: ``(B, C_{i+1}, C_i)`` for each pair.
+
+    ``G[b, a, c] = mean_positions f_{i+1}[b, a] · f_i[b, c]``; the larger grid is pooled to the smaller.
+    """
+    out = []
+    for bottom, top in zip(features[:-1], features[1:]):
+        top, bottom = match_grids(top, bottom)
+        out.append(torch.bmm(top.flatten(2), bottom.flatten(2).transpose(1, 2)) / top[0, 0].numel())
+    return out
+
+
+def fsp_losses(students: list[torch.Tensor], teachers: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-pair mean squared distance of the student's and teacher's FSP matrices."""
+    return [(g_s - g_t).pow(2).mean() for g_s, g_t in zip(fsp_matrices(students), fsp_matrices(teachers))]
+
+
+def contrast_loss(scores: torch.Tensor, num_data: int, eps: float = 1e-7) -> torch.Tensor:
+    """CRD's NCE loss (Tian et al., ICLR 2020) of ``(B, K+1)`` scores, column 0 the positive.
+
+    With ``c = K / num_data``: ``−(1/B)·[Σ_i log(P_i0/(P_i0 + c + ε)) + Σ_{i,k≥1} log(c/(P_ik + c + ε))]``.
+    """
+    k = scores.shape[1] - 1
+    c = k / num_data
+    positive = torch.log(scores[:, 0] / (scores[:, 0] + c + eps))
+    negative = torch.log(c / (scores[:, 1:] + c + eps))
+    return -(positive.sum() + negative.sum()) / scores.shape[0]

@@ -1,0 +1,150 @@
+"""CRD — "Contrastive Representation Distillation" (Tian, Krishnan & Isola, ICLR 2020).
+
+Student and teacher pooled penultimate features ``(B, C)`` go through linear embeddings (L2-normalised,
+``feat_dim``); each is scored against the *other* network's momentum memory bank (one row per training
+sample) at the sample's own row (positive) and K sampled rows (negatives), ``exp(⟨m_j, e⟩ / nce_t) / Z``
+with ``Z`` fixed from the first batch (a buffer, so it is in checkpoints); NCE loss on both sides; then the
+banks' rows of the batch move towards the new embeddings (momentum ``nce_m``). Loss
+``ce_weight · CE + weight · (L_s + L_t) [+ kd_weight · KD]``.
+
+Batches must carry ``index`` and ``contrast_index`` (:attr:`needs_sample_indices`; the run wraps the
+training set in :class:`letkd.data.contrast.ContrastSampleDataset`, which draws the negatives from other
+classes' samples like RepDistiller's ``mode='exact'``). The banks are sized from the training set
+(``MethodContext.num_train_samples``). Under DDP, buffers follow rank 0 (DDP broadcasts them each step).
+
+Defaults (RepDistiller ``train_student.py``/``run_cifar_distill.sh``: ``--distill crd -r 1 -a 0 -b 0.8``,
+``--feat_dim 128 --nce_k 16384 --nce_t 0.07 --nce_m 0.5 --mode exact``): ``weight 0.8``, ``ce_weight 1``,
+``kd_weight 0``, ``feat_dim 128``, ``nce_k 16384``, ``nce_t 0.07``, ``nce_m 0.5``. Embeddings and banks
+are used in training only: the deployed student has no extra parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from letkd.config import ConfigError
+from letkd.methods.base import register_method
+from letkd.methods.losses import contrast_loss, kd_loss
+from letkd.methods.pairs import FeaturePairDistiller, PairParams, global_pool
+
+
+class Embed(nn.Module):
+    """``(B, C) -> (B, D)``: linear map, then each row divided by its L2 norm (no eps, as the reference)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x.flatten(1))
+        return x / x.pow(2).sum(1, keepdim=True).sqrt()
+
+
+class ContrastMemory(nn.Module):
+    """Two momentum banks ``(N, D)`` (``memory_v1``: student embeddings, ``memory_v2``: teacher's) and the
+    normalisation constants ``z (2,)`` (−1 until the first call sets them)."""
+
+    def __init__(self, feat_dim: int, num_data: int, temperature: float, momentum: float) -> None:
+        super().__init__()
+        self.num_data, self.temperature, self.momentum = num_data, temperature, momentum
+        bound = 1.0 / math.sqrt(feat_dim / 3)
+        self.register_buffer("memory_v1", torch.rand(num_data, feat_dim) * 2 * bound - bound)
+        self.register_buffer("memory_v2", torch.rand(num_data, feat_dim) * 2 * bound - bound)
+        self.register_buffer("z", torch.full((2,), -1.0))
+
+    def forward(
+        self, e_s: torch.Tensor, e_t: torch.Tensor, index: torch.Tensor, contrast_index: torch.Tensor
+    ):
+        """Scores ``(B, K+1)`` of the student anchors against the teacher bank and of the teacher anchors
+        against the student bank, from the banks *before* this call; then updates the rows ``index``."""
+        with torch.no_grad():
+            rows_v1 = self.memory_v1[contrast_index]  # (B, K+1, D)
+            rows_v2 = self.memory_v2[contrast_index]
+        s = torch.exp(torch.bmm(rows_v2, e_s.unsqueeze(2)).squeeze(2) / self.temperature)
+        t = torch.exp(torch.bmm(rows_v1, e_t.unsqueeze(2)).squeeze(2) / self.temperature)
+        with torch.no_grad():
+            first = torch.stack([s.mean(), t.mean()]) * self.num_data
+            self.z.copy_(torch.where(self.z < 0, first, self.z))  # set once, no host sync
+            m = self.momentum
+            for bank, e in ((self.memory_v1, e_s), (self.memory_v2, e_t)):
+                bank.index_copy_(0, index, F.normalize(bank[index] * m + e.detach() * (1 - m), dim=1))
+        return s / self.z[0], t / self.z[1]
+
+
+@register_method("crd")
+class CRD(FeaturePairDistiller):
+    """Contrastive distillation of pooled penultimate features with momentum memory banks."""
+
+    default_taps = "penultimate"
+    needs_sample_indices = True
+
+    class Params(PairParams):
+        """``method.params`` of ``crd``; ``None`` taps = the ``penultimate`` tap (pooled)."""
+
+        weight: float = Field(0.8, ge=0)
+        kd_weight: float = Field(0.0, ge=0, description="Hinton KD weight (RepDistiller -a)")
+        temperature: float = Field(4.0, gt=0)
+        feat_dim: int = Field(128, ge=1)
+        nce_k: int = Field(16384, ge=1)
+        nce_t: float = Field(0.07, gt=0)
+        nce_m: float = Field(0.5, ge=0, le=1)
+
+    def __init__(self, student, teacher, params=None, context=None):
+        super().__init__(student, teacher, params, context)
+        n = self.context.num_train_samples
+        if not n:
+            raise ConfigError(
+                f"{self.method_name}: needs the training-set size (MethodContext.num_train_samples)"
+            )
+        p = self.params
+        self.embed_t = Embed(self.teacher_shapes[0][0], p.feat_dim)
+        self.memory = ContrastMemory(p.feat_dim, n, p.nce_t, p.nce_m)
+
+    @property
+    def reads_teacher_logits(self) -> bool:
+        """Teacher logits are read only for the KD term."""
+        return self.params.kd_weight > 0
+
+    @property
+    def num_negatives(self) -> int:
+        """K, the negatives per sample the training batches must carry."""
+        return self.params.nce_k
+
+    def check_pairs(self, student_shapes, teacher_shapes):
+        if len(student_shapes) != 1:
+            raise ConfigError(f"{self.method_name}: takes one student tap and one teacher tap")
+
+    def make_connector(self, i, student_shape, teacher_shape):
+        """The student embedding."""
+        return Embed(student_shape[0], self.params.feat_dim)
+
+    def forward_train(self, images, labels, index=None, contrast_index=None, **batch):
+        """``index (B,)``, ``contrast_index (B, K+1)`` -> logits, ``{loss_ce, loss_crd[, loss_kd]}``."""
+        if index is None or contrast_index is None:
+            raise ValueError(
+                f"{self.method_name} needs batches with 'index' and 'contrast_index' "
+                "(wrap the training set in letkd.data.contrast.ContrastSampleDataset)"
+            )
+        logits, (s,) = self.student_outputs(images)
+        teachers = self.teacher_targets(images)
+        e_s = self.connectors[0](global_pool(s))
+        e_t = self.embed_t(global_pool(teachers[0]))
+        out_s, out_t = self.memory(e_s, e_t, index, contrast_index)
+        n, p = self.memory.num_data, self.params
+        losses = {
+            "loss_ce": p.ce_weight * F.cross_entropy(logits, labels),
+            "loss_crd": p.weight * (contrast_loss(out_s, n) + contrast_loss(out_t, n)),
+        }
+        if p.kd_weight > 0:
+            losses["loss_kd"] = p.kd_weight * kd_loss(logits, teachers[-1], p.temperature)
+        return logits, losses
+
+    @classmethod
+    def example_params(cls) -> dict:
+        """Few negatives and a small embedding."""
+        return {"nce_k": 8, "feat_dim": 16}
