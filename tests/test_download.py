@@ -200,7 +200,7 @@ def test_download_flags_of_train_run_and_eval(server, tmp_path, monkeypatch, cap
         seen["run"] = cfg.data.download
         return {"status": "completed"}
 
-    monkeypatch.setattr("letkd.engine.train_from_config", fake_train)
+    monkeypatch.setattr("letkd.pipeline.train_from_config", fake_train)
     monkeypatch.setattr("letkd.pipeline.run_pipeline", fake_run)
     assert main(["train", str(ROOT / "configs/digits/resnet8.yaml"), "--download"]) == 0
     assert main(["run", str(ROOT / "configs/digits/kd.yaml"), "--download"]) == 0

@@ -183,16 +183,26 @@ def test_run_pipeline_resolves_and_checks_a_crd_teacher(server, cache, tmp_path,
     monkeypatch.setattr(pub, "SOURCES", [FileSource(server.url("/repo/{folder}/" + CKPT))])
     measured = {"top1": 72.30, "top5": 90.0, "loss": 1.0, "count": 10_000}  # stub for the real evaluation
     monkeypatch.setattr(pipeline, "teacher_accuracy", lambda *a, **k: dict(measured))
-    trained = []
-    fake_train = lambda cfg, **k: trained.append(cfg) or {"status": "completed"}  # noqa: E731
-    monkeypatch.setattr(pipeline, "train_from_config", fake_train)
+
+    class Distilling(Exception):
+        """Raised where the run goes on past the teacher stage (no CIFAR-100 here to train on)."""
+
+    reached = []
+
+    def datasets(cfg):
+        reached.append(cfg)
+        raise Distilling
+
+    monkeypatch.setattr(pipeline, "build_datasets", datasets)
     cfg = _kd_config(tmp_path)
     assert cfg.teacher.checkpoint == "crd:resnet56"
-    assert pipeline.run_pipeline(cfg, device="cpu")["status"] == "completed" and len(trained) == 1
+    with pytest.raises(Distilling):
+        pipeline.run_pipeline(cfg, run_dir=tmp_path / "run1", device="cpu")
+    assert len(reached) == 1
     measured["top1"] = 71.0
     with pytest.raises(PublishedTeacherError, match="more than 0.2 off"):
-        pipeline.run_pipeline(cfg, device="cpu")
-    assert len(trained) == 1  # refused before distilling
+        pipeline.run_pipeline(cfg, run_dir=tmp_path / "run2", device="cpu")
+    assert len(reached) == 1  # refused before distilling
 
 
 def _cifar100_folder(root: Path) -> None:
@@ -214,7 +224,7 @@ def test_eval_takes_a_crd_name_and_checks_the_figure(server, cache, tmp_path, mo
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["model"] == "resnet56" and out["images"] == 3 and "matches_published" not in out
     whole = {"top1": 70.0, "top5": 90.0, "loss": 1.0, "count": 10_000}  # stub: the full test set
-    monkeypatch.setattr("letkd.engine.trainer.evaluate", lambda *a, **k: whole)
+    monkeypatch.setattr("letkd.engine.evaluation.evaluate", lambda *a, **k: whole)
     assert main(args) == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out)["matches_published"] is False
