@@ -72,9 +72,11 @@ CASES = [
     # --------------------------------------------------------------- checks before the expensive stages
     Case("student-model-unknown-before-teacher", f"run {LETKD2} model.name=nope --out out/m", 1,
          "unknown model 'nope'", absent=("out/m", *EXPENSIVE)),
-    Case("student-tap-bad-before-teacher", f"run {LETKD2} --out out/st {one_layer('bogus', 'penultimate')}", 1,
+    Case("student-tap-bad-before-teacher", f"run {LETKD2} --out out/st "
+         f"{one_layer('bogus', 'penultimate')}", 1,
          "student tap 'bogus'", absent=("out/st", *EXPENSIVE)),
-    Case("teacher-tap-bad-before-teacher", f"run {LETKD2} --out out/tt {one_layer('penultimate', 'bogus')}", 1,
+    Case("teacher-tap-bad-before-teacher", f"run {LETKD2} --out out/tt "
+         f"{one_layer('penultimate', 'bogus')}", 1,
          "teacher tap 'bogus'", absent=("out/tt", *EXPENSIVE)),
     Case("grid-mismatch-before-teacher", f"run {LETKD2} --out out/g {one_layer('intermediate', 'layer1')}", 1,
          "grid mismatch", absent=("out/g", *EXPENSIVE)),
