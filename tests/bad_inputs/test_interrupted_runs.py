@@ -30,7 +30,9 @@ def _letkd_run(cwd: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "letkd", "run", *args, "--device", "cpu"]
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
@@ -65,7 +67,12 @@ def _completed(run: Path, epochs: int) -> None:
 
 @pytest.mark.slow
 def test_killed_in_the_students_training_then_resumed(workspace, tmp_path, monkeypatch, capsys):
-    args = [KD, "teacher.train_config=null", f"teacher.checkpoint={workspace / 'files' / 'teacher.pt'}", *SLOW]
+    args = [
+        KD,
+        "teacher.train_config=null",
+        f"teacher.checkpoint={workspace / 'files' / 'teacher.pt'}",
+        *SLOW,
+    ]
     run = tmp_path / "student"
     victim = _letkd_run(tmp_path, *args, "--out", str(run))
     _wait_for(victim, (run / "last.pt").exists, "the student's first checkpoint")
