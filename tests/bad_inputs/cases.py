@@ -83,6 +83,8 @@ CASES = [
     # --------------------------------------------------------------------------------- data
     Case("train-dataset-missing", f"train {VANILLA} data.name=fashion_mnist data.root=datasets/empty "
          "--out out/d1 {fast}", 1, "dataset 'fashion_mnist' not found"),
+    Case("train-dataset-corrupt", f"train {VANILLA} data.name=fashion_mnist data.root=datasets/fm_corrupt "
+         "--out out/d0 {fast}", 1, "bad magic"),
     Case("run-dataset-missing", f"run {KD} {TEACHER} data.name=fashion_mnist data.root=datasets/empty "
          "--out out/d2 {fast}", 1, "dataset 'fashion_mnist' not found", absent=EXPENSIVE),
     Case("run-dataset-corrupt", f"run {KD} {TEACHER} data.name=fashion_mnist data.root=datasets/fm_corrupt "
