@@ -112,7 +112,7 @@ CASES = [
     Case("run-folder-busy", f"train {VANILLA} --out out/busy {{fast}}", 1,
          "another process (pid", hold="out/busy"),
     Case("diverged", f"train {VANILLA} --out out/div {{fast}} train.lr=1e30 train.max_steps_per_epoch=4", 1,
-         "non-finite loss in epoch 1"),
+         "stopped. no checkpoint was written (it diverged in the first epoch). Possible causes: train.lr"),
     # --------------------------------------------------------------------------- checkpoints / eval
     Case("eval-checkpoint-missing", "eval --checkpoint nope.pt --data digits", 1,
          "checkpoint file not found: nope.pt"),
