@@ -149,7 +149,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError) as err:
         trainer.fit()
     assert (err.value.epoch, err.value.step) == (1, 2)
-    assert "epoch 1, step 2" in str(err.value)
+    # 1-based epochs as in the progress lines; the loss named, the checkpoint left and its epoch
+    assert "epoch 2, step 2: loss_ce=nan" in str(err.value) and "last.pt (epoch 1)" in str(err.value)
     last = load_checkpoint(tmp_path / "last.pt")
     assert last["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())

@@ -211,7 +211,7 @@ def load_artifact_module(scratch: Path):
 def test_refuses_a_run_without_kd_layers(tmp_path, capsys):
     cfg = load_config(ROOT / "configs" / "digits" / "kd.yaml")
     (tmp_path / "config.yaml").write_text(cfg.to_yaml())
-    assert cli_main(["inspect", str(tmp_path), "--device", "cpu"]) == 2
+    assert cli_main(["inspect", str(tmp_path), "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip()
     assert "needs a run with KD layers" in err and "'kd'" in err and "\n" not in err
     assert not (tmp_path / "inspect").exists()
@@ -225,7 +225,7 @@ def test_refuses_a_run_whose_artefact_is_not_cached(letkd2_run, tmp_path, capsys
     config = yaml.safe_load((letkd2_run / "config.yaml").read_text())
     config["supervision"]["cache_dir"] = str(tmp_path / "empty-cache")
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    assert cli_main(["inspect", str(run), "--device", "cpu"]) == 2
+    assert cli_main(["inspect", str(run), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "no cached subclass artefact" in err and f"letkd fit {run / 'config.yaml'}" in err
     assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").rglob("*"))

@@ -53,7 +53,7 @@ def method_and_params(cfg: RunConfig) -> tuple[type[Distiller], MethodParams]:
     try:
         cls = get_method(cfg.method.name)
     except KeyError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc.args[0])) from None  # str(KeyError) would quote the message
     return cls, cls.parse_params(cfg.method.params)
 
 
@@ -193,3 +193,52 @@ def input_size_of(dataset: Dataset) -> tuple[int, ...]:
     """``(C, H, W)`` of one image of ``dataset`` as its transform delivers it."""
     sample: Any = dataset[0]
     return tuple(sample[0].shape)
+
+
+def check_run(cfg: RunConfig, params: MethodParams, num_classes: int) -> None:
+    """Cheap checks before the first expensive stage (teacher training or evaluation, supervision fits):
+    the student and the teacher build (untrained, on the CPU), the taps of ``params`` resolve on them and the
+    paired feature grids fit, at the dataset's input size. Raises :class:`ConfigError` (or the model
+    registry's error) naming what is wrong. The global random state is left untouched.
+    """
+    from letkd.data import dataset_info
+    from letkd.methods.features import check_same_grid, resolve_taps, tap_shapes
+    from letkd.models import create_model
+
+    info = dataset_info(cfg.data.name)
+    input_size = (info.channels, info.image_size, info.image_size)
+    with torch.random.fork_rng(devices=[]):
+        student = create_model(cfg.model.name, num_classes, **cfg.model.kwargs)
+        tcfg = cfg.teacher
+        if tcfg is None:
+            return
+        teacher = create_model(tcfg.name, tcfg.num_classes or num_classes, **tcfg.kwargs)
+        for student_taps, teacher_taps, pool in _tap_pairs(params):
+            s_paths = resolve_taps(student, student_taps, "student")
+            t_paths = resolve_taps(teacher, teacher_taps, "teacher")
+            s_shapes = tap_shapes(student, s_paths, input_size, "student")
+            t_shapes = tap_shapes(teacher, t_paths, input_size, "teacher")
+            if pool is None:
+                continue
+            (s_shape,), (t_shape,) = s_shapes, t_shapes
+            if pool:
+                t_shape = (t_shape[0], t_shape[1] // 2, t_shape[2] // 2)
+            check_same_grid(student_taps[0], s_shape, teacher_taps[0], t_shape, pool)
+
+
+def _tap_pairs(params: MethodParams) -> list[tuple[list[str], list[str], bool | None]]:
+    """``(student taps, teacher taps, teacher_pool)`` named by a method's params: one per KD layer
+    (``layers``: same grid required, ``teacher_pool`` None = no grid check), ``student_tap`` /
+    ``teacher_tap`` and ``student_taps`` / ``teacher_taps`` (resolution and shapes only)."""
+    pairs: list[tuple[list[str], list[str], bool | None]] = []
+    for layer in getattr(params, "layers", None) or []:
+        if hasattr(layer, "student_tap") and hasattr(layer, "teacher_tap"):
+            pool = bool(getattr(layer, "teacher_pool", False))
+            pairs.append(([layer.student_tap], [layer.teacher_tap], pool))
+    s_tap, t_tap = getattr(params, "student_tap", None), getattr(params, "teacher_tap", None)
+    if isinstance(s_tap, str) and isinstance(t_tap, str):
+        pairs.append(([s_tap], [t_tap], None))
+    s_list, t_list = getattr(params, "student_taps", None), getattr(params, "teacher_taps", None)
+    if s_list or t_list:
+        pairs.append((list(s_list or []), list(t_list or []), None))
+    return pairs

@@ -48,9 +48,9 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         if _needs_code(exc):
             raise CheckpointError(
-                f"refused to load {path}: unpickling it would execute code (it holds objects other than "
-                f"tensors and plain containers{_unpickler_reason(exc)}). If you trust the file, re-save its "
-                f"state_dict with torch.save(model.state_dict(), ...) from the code that made it."
+                f"checkpoint {path} refused: unpickling it would run code ({_unpickler_reason(exc)}); only "
+                "tensors and plain containers are loaded. If you trust the file, re-save its state_dict with "
+                "torch.save(model.state_dict(), ...) from the code that made it"
             ) from exc
         raise CheckpointError(_unreadable(path, _unpickler_detail(exc))) from exc
     except Exception as exc:  # torch and safetensors raise many types for truncated or foreign files
@@ -96,16 +96,25 @@ _NUMPY_NUMERIC = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", 
 
 def _needs_code(exc: Exception) -> bool:
     """Whether torch's weights-only unpickler stopped at a global (a class or callable to import/run)."""
-    return bool(re.search(r"Unsupported global|not an allowed global", str(exc)))
+    return bool(
+        re.search(r"unsupported global|not an allowed global|whose module \S+ is blocked", str(exc), re.I)
+    )
 
 
 def _unpickler_detail(exc: Exception) -> str:
-    """The specific part of torch's weights-only error ("Unsupported operand 0"), else the whole text."""
+    """The specific part of torch's weights-only error ("Unsupported operand 0"), never its advice (which
+    suggests ``weights_only=False``, i.e. running the file's code)."""
     match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(exc), re.S)
-    return match.group(1) if match else str(exc)
+    if match:
+        return match.group(1)
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", str(exc)) if p.strip()]
+    plain = [p for p in paragraphs if not re.search(r"weights_only|torch\.load|safe_globals", p)]
+    return " ".join(plain[0].split()) if plain else "not a file of tensors and plain containers"
 
 
 def _unpickler_reason(exc: Exception) -> str:
-    """The "Unsupported global: …" part of torch's weights-only error, if present."""
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    return f"; it needs {match.group(1)}" if match else ""
+    """What the file needs, from torch's weights-only error: "it needs posix.system"."""
+    match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(exc))
+    return (
+        f"it needs {match.group(1)}" if match else "it holds objects other than tensors and plain containers"
+    )

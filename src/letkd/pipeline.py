@@ -26,6 +26,7 @@ from letkd.build import (
     build_student,
     build_supervision,
     build_teacher,
+    check_run,
     input_size_of,
     method_and_params,
     resolve_num_classes,
@@ -177,13 +178,15 @@ def _run(
 ) -> dict[str, Any]:
     """One run in an already initialised process (group): build everything, train, summarise.
 
-    The run folder is claimed (:func:`letkd.engine.rundir.claim_run_dir`) before anything expensive.
+    The models, taps and grids are checked (:func:`letkd.build.check_run`) and the run folder is claimed
+    (:func:`letkd.engine.rundir.claim_run_dir`) before anything expensive.
     """
     if resume and run_dir is not None and not (Path(run_dir) / LAST).is_file():
         raise CheckpointError(f"cannot resume: no checkpoint at {Path(run_dir) / LAST}")
     method_cls, params = method_and_params(cfg)  # bad params fail before any expensive stage
     if cfg.teacher is None and method_cls.requires_teacher:
         raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
+    check_run(cfg, params, resolve_num_classes(cfg))  # models, taps, grids: before any expensive stage
     folder = resolve_run_dir(cfg, run_dir, resume)
     info = dist_utils.current_info()
     claim = claim_run_dir(folder, resume, overwrite) if info.is_main else contextlib.nullcontext(folder)

@@ -145,13 +145,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Handler of ``letkd demo``."""
-    from letkd.config import ConfigError
-    from letkd.data import DatasetNotFoundError
-
-    try:
-        run_demo(args.out, tuple(args.methods), args.overrides, args.configs, args.device, args.fresh)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    """Handler of ``letkd demo``; failures are raised and reported as one line by :func:`letkd.cli.main`."""
+    run_demo(args.out, tuple(args.methods), args.overrides, args.configs, args.device, args.fresh)
     return 0

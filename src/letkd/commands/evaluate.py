@@ -53,30 +53,26 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from letkd.checkpoints import CheckpointError
     from letkd.config import ConfigError
-    from letkd.data import create_dataset
-    from letkd.data.download import DownloadError
+    from letkd.data import create_dataset, dataset_info
     from letkd.deploy import load_student
     from letkd.device import select_device
     from letkd.engine.evaluation import evaluate
     from letkd.engine.loaders import auto_num_workers
     from letkd.models import published
 
-    spec = args.checkpoint
-    try:
-        checkpoint, model_name = spec, args.model
-        if published.is_published_name(spec):
-            checkpoint = str(published.resolve_teacher_checkpoint(spec, arch=args.model))
-            model_name = published.published_teacher(spec).arch
-        model, meta = load_student(checkpoint, model_name, args.num_classes, args.data)
-        dataset = create_dataset(
-            args.data, args.split, root=args.root, transform="test", download=args.download
-        )
-    except (ConfigError, CheckpointError, DownloadError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    # failures (checkpoint, dataset, device) are raised and reported as one line by letkd.cli.main
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: must be at least 1")
     device = select_device(args.device)
+    spec = args.checkpoint
+    checkpoint, model_name = spec, args.model
+    if published.is_published_name(spec):
+        checkpoint = str(published.resolve_teacher_checkpoint(spec, arch=args.model))
+        model_name = published.published_teacher(spec).arch
+    model, meta = load_student(checkpoint, model_name, args.num_classes, args.data)
+    _warn_dataset_mismatch(meta, args.data, dataset_info(args.data).num_classes)
+    dataset = create_dataset(args.data, args.split, root=args.root, transform="test", download=args.download)
     model, name = model.to(device), meta["model_name"]
     workers = args.workers if args.workers is not None else auto_num_workers()
     loader = DataLoader(
@@ -108,3 +104,14 @@ def run(args: argparse.Namespace) -> int:
             f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
         )
     return 1 if out.get("matches_published") is False else 0
+
+
+def _warn_dataset_mismatch(meta: dict, data: str, data_classes: int) -> None:
+    """One warning line when the checkpoint was trained on another dataset or for another class count."""
+    trained_on, classes = meta.get("dataset"), meta.get("num_classes")
+    if (trained_on and trained_on != data) or (classes is not None and classes != data_classes):
+        print(
+            f"warning: the checkpoint was trained on {trained_on or 'another dataset'} ({classes} classes), "
+            f"evaluating on {data} ({data_classes} classes): the accuracy may mean nothing",
+            file=sys.stderr,
+        )

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,36 +30,54 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_export)
 
 
+SUFFIXES = (".pt2", ".onnx")
+
+
 def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, ...]:
-    """``"3,32,32"`` (or a list) → ``(3, 32, 32)``."""
+    """``"3,32,32"`` (or a list) → ``(3, 32, 32)``; ``ValueError`` saying what is expected otherwise."""
     if text is None:
         return DEFAULT_INPUT_SIZE
-    values = [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
+    try:
+        values = [int(v) for v in text.split(",")] if isinstance(text, str) else [int(v) for v in text]
+    except (TypeError, ValueError):
+        values = []
     if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"input size must be C,H,W with positive integers, got {text!r}")
+        raise ValueError(f"--input-size {text!r}: expected C,H,W as three positive integers, e.g. 3,32,32")
     return tuple(values)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Handler of ``letkd export``."""
+    """Handler of ``letkd export``; failures are raised and reported by :func:`letkd.cli.main` (exit 1)."""
     import torch
 
-    from letkd.checkpoints import CheckpointError
     from letkd.config import ConfigError
     from letkd.deploy import export_program, load_student, write_onnx, write_pt2
     from letkd.graft import describe_grafts
 
+    out = Path(args.out)
+    if out.suffix not in SUFFIXES:
+        raise ConfigError(
+            f"--out {out}: refused, the suffix says which format to write: name it {out.stem}.pt2 "
+            f"(torch.export) or {out.stem}.onnx"
+        )
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name ending in .pt2 or .onnx")
+    input_size = parse_input_size(args.input_size) if args.input_size else None
+    model, meta = load_student(args.checkpoint, args.model, args.num_classes)
+    input_size = input_size or parse_input_size(meta.get("input_size"))
     try:
-        model, meta = load_student(args.checkpoint, args.model, args.num_classes)
-        input_size = parse_input_size(args.input_size or meta.get("input_size"))
-    except (ConfigError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"--input-size {','.join(map(str, input_size))} does not fit {meta['model_name']} ({first}); "
+            "give the C,H,W it was trained on"
+        ) from None
     for entry in describe_grafts(model):
         settings = f"{entry['type']}({entry['settings']})"
         print(f"graft {entry['target']}: {settings}, {entry['parameters']:,} params")
 
-    out = Path(args.out)
     program = export_program(model, input_size)
     example = torch.randn(3, *input_size)
     with torch.no_grad():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 EPILOG = """\
@@ -48,53 +47,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``letkd fit``: returns the exit status."""
+    """Handler of ``letkd fit``; failures are raised and reported by :func:`letkd.cli.main` (exit 1)."""
     from letkd.build import supervision_specs
     from letkd.config import ConfigError, load_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        specs = supervision_specs(cfg)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    specs = supervision_specs(cfg)
     if not specs:
         print(f"method {cfg.method.name!r} needs no teacher supervision")
         return 0
     if cfg.teacher is None:
-        print("the config has no teacher section; supervision is fitted on a teacher", file=sys.stderr)
-        return 2
+        raise ConfigError("the config has no teacher section; supervision is fitted on a teacher")
     from letkd.build import build_teacher, resolve_num_classes, supervision_artifact
-    from letkd.data import DatasetNotFoundError
-    from letkd.data.download import DownloadError
-    from letkd.engine.distributed import select_device
-    from letkd.errors import LetkdError
-    from letkd.models import CheckpointError
+    from letkd.device import select_device
     from letkd.pipeline import ensure_teacher_checkpoint
-    from letkd.taps import UnknownTapError
     from letkd.utils import seed_everything
 
     device = select_device(args.device or cfg.train.device)
     progress = not args.no_progress
-    try:
-        checkpoint = ensure_teacher_checkpoint(cfg, device)  # trains it first if the config says so
-        num_classes = resolve_num_classes(cfg)
-        seed_everything(cfg.seed)  # an untrained teacher is initialised as `letkd run` initialises it
-        teacher = build_teacher(cfg, num_classes, checkpoint)
-        for spec in specs:
-            t0 = time.perf_counter()
-            found = supervision_artifact(cfg, spec, teacher, checkpoint, num_classes, device, progress)
-            print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
-    except (
-        ConfigError,
-        CheckpointError,
-        DatasetNotFoundError,
-        DownloadError,
-        UnknownTapError,
-        LetkdError,
-    ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    checkpoint = ensure_teacher_checkpoint(cfg, device)  # trains it first if the config says so
+    num_classes = resolve_num_classes(cfg)
+    seed_everything(cfg.seed)  # an untrained teacher is initialised as `letkd run` initialises it
+    teacher = build_teacher(cfg, num_classes, checkpoint)
+    for spec in specs:
+        t0 = time.perf_counter()
+        found = supervision_artifact(cfg, spec, teacher, checkpoint, num_classes, device, progress)
+        print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
     return 0
 
 

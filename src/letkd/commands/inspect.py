@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EPILOG = """\
 Writes into RUN/inspect/ (or --out): maps_<layer>.png (image | student argmax template | teacher target
@@ -51,29 +50,14 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd inspect``."""
     from pathlib import Path
 
-    from letkd.config import ConfigError
-    from letkd.data import DatasetNotFoundError
-    from letkd.engine.distributed import select_device
-    from letkd.inspection import InspectError, inspect_run, load_run
+    from letkd.device import select_device
+    from letkd.inspection import inspect_run, load_run
     from letkd.inspection_plots import write_inspection
-    from letkd.models import CheckpointError
-    from letkd.supervision import ArtifactMismatchError
-    from letkd.taps import UnknownTapError
 
+    # failures (not a KD run, missing artefact or checkpoint, ...) become one line in letkd.cli.main
     out = Path(args.out) if args.out else Path(args.run) / "inspect"
-    try:
-        loaded = load_run(args.run, select_device(args.device), args.data_root, args.checkpoint)
-        result = inspect_run(loaded, args.images, args.stats_images, progress=True)
-    except (
-        InspectError,
-        ConfigError,
-        CheckpointError,
-        DatasetNotFoundError,
-        UnknownTapError,
-        ArtifactMismatchError,
-    ) as exc:
-        print(f"letkd inspect: {exc}", file=sys.stderr)
-        return 2
+    loaded = load_run(args.run, select_device(args.device), args.data_root, args.checkpoint)
+    result = inspect_run(loaded, args.images, args.stats_images, progress=True)
     written = write_inspection(loaded, result, out)
     for r in result.layers:
         print(

@@ -59,6 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd report``; returns 1 if no usable run folder is found."""
+    from pathlib import Path
+
     from letkd.report import (
         ReportError,
         SkippedRun,
@@ -71,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         write_paper_tables,
     )
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ReportError(
+            f"--out {args.out} is a file; give a folder (it receives report.md, report.csv ...)"
+        )
     skipped: list[SkippedRun] = []
     try:
         records = collect_runs(args.paths, skipped, include_unfinished=args.include_unfinished)
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for s in skipped:
-        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+        print(f"warning: skipped {s.path}: {s.reason}", file=sys.stderr)
     if not records:
         print("error: no usable runs found", file=sys.stderr)
         return 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 EPILOG = """\
 examples:
@@ -47,28 +46,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Handler of ``letkd run``; returns 1 on a config/checkpoint error or a diverged run."""
-    from letkd.config import ConfigError, load_config
-    from letkd.data import DatasetNotFoundError
-    from letkd.data.download import DownloadError
-    from letkd.engine import CheckpointError, NonFiniteLossError
-    from letkd.errors import LetkdError
-    from letkd.models import CheckpointError as WeightsError
+    """Handler of ``letkd run``; failures are raised and reported by :func:`letkd.cli.main` (exit 1)."""
+    from letkd.config import load_config
     from letkd.pipeline import run_pipeline
 
+    # every failure (config, data, checkpoint, divergence, run folder) becomes one line in letkd.cli.main
     overrides = [*args.overrides, "data.download=true"] if args.download else args.overrides
-    try:
-        cfg = load_config(args.config, overrides)
-        summary = run_pipeline(
-            cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
-        )
-    except (
-        ConfigError, CheckpointError, WeightsError, KeyError, DatasetNotFoundError, DownloadError, LetkdError
-    ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except NonFiniteLossError:
-        return 1
+    cfg = load_config(args.config, overrides)
+    summary = run_pipeline(
+        cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
+    )
     if os.environ.get("RANK", "0") == "0":
         keys = ("teacher_top1", "best_top1", "last_top1", "best_epoch", "extra_parameters", "run_dir")
         print(json.dumps({k: summary.get(k) for k in keys}))

@@ -126,7 +126,7 @@ def handle(args: argparse.Namespace) -> int:
         grid = build_grid(configs, _seeds(args), args.out, overrides)
         out = prepare_dir(args.out)
     except SweepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 1
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "items", "command")}
     write_manifest(out, grid, {**settings, "overrides": overrides})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EPILOG = """\
 examples:
@@ -43,24 +42,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``letkd train``; returns the exit status (1 for a config/checkpoint error or divergence)."""
-    from letkd.config import ConfigError, load_config
-    from letkd.data import DatasetNotFoundError
-    from letkd.data.download import DownloadError
-    from letkd.engine import CheckpointError, NonFiniteLossError
+    """Handler of ``letkd train``; failures are raised and reported by :func:`letkd.cli.main` (exit 1)."""
+    from letkd.config import load_config
     from letkd.pipeline import train_from_config
 
+    # every failure (config, data, checkpoint, divergence, run folder) becomes one line in letkd.cli.main
     overrides = [*args.overrides, "data.download=true"] if args.download else args.overrides
-    try:
-        cfg = load_config(args.config, overrides)
-        summary = train_from_config(
-            cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
-        )
-    except (ConfigError, CheckpointError, DatasetNotFoundError, DownloadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except NonFiniteLossError:
-        return 1  # already reported by the trainer
+    cfg = load_config(args.config, overrides)
+    summary = train_from_config(
+        cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
+    )
     if _is_main():
         print(
             f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "

@@ -58,9 +58,13 @@ def claim_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fals
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "the folder is read-only", str(path))
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise RunFolderError(f"cannot write the run folder {path}: {exc.strerror or exc}") from None
+        raise RunFolderError(
+            f"cannot write the run folder {path}: {exc.strerror or exc}; choose another --out"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,6 +91,26 @@ def claim_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fals
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+def lock_holder(path: str | Path) -> str | None:
+    """The pid (as written in its ``.lock``) of the process running in the run folder ``path`` now, or None
+    when no process holds the folder. Reads only: nothing in the folder is created or changed."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(path) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: no run holds the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # released with the descriptor
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
 
 
 def default_run_dir(cfg: RunConfig, base: str | Path = "runs") -> Path:

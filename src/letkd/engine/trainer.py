@@ -10,6 +10,7 @@ killed at any moment resumes from ``last.pt`` and ends with exactly the weights 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -29,11 +30,12 @@ from letkd.deploy import graft_spec
 from letkd.engine import distributed as dist_utils
 from letkd.engine.distributed import DistInfo
 from letkd.engine.evaluation import autocast_context, batch_extras, batch_to_device, evaluate
+from letkd.engine.failures import NonFiniteLossError, divergence_hint, write_failure
 from letkd.engine.host_memory import reuse_freed_host_memory
 from letkd.engine.metrics import SumMeter
 from letkd.engine.optim import build_optimizer, lr_at_epoch, set_lr
 from letkd.engine.rundir import BEST, LAST, RunLogger, run_summary
-from letkd.engine.state import Progress, capture_state, load_checkpoint, restore_state
+from letkd.engine.state import Progress, capture_state, config_changes, load_checkpoint, restore_state
 from letkd.utils import seed_everything, tqdm_disable
 
 if TYPE_CHECKING:  # the engine knows the Distiller interface, not the method registry
@@ -42,33 +44,9 @@ if TYPE_CHECKING:  # the engine knows the Distiller interface, not the method re
 PROGRESS_EVERY = 10  # steps between progress-bar text updates (formatting costs a little)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stops and ``last.pt`` keeps the last good epoch."""
-
-    def __init__(self, epoch: int, step: int, losses: dict[str, float]) -> None:
-        self.epoch, self.step, self.losses = epoch, step, losses
-        parts = ", ".join(f"{k}={v}" for k, v in losses.items())
-        super().__init__(
-            f"non-finite loss at epoch {epoch}, step {step} ({parts}); stopping. "
-            "last.pt still holds the last completed epoch — lower train.lr or enable train.grad_clip."
-        )
-
-
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A well-mixed 32-bit seed for one (run seed, epoch, rank)."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted ``key: old -> new`` for every value that differs between two config dicts."""
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changes
 
 
 class Trainer:
@@ -198,23 +176,30 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- training
     def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs and return the summary (also written to ``summary.json``)."""
-        cfg = self.cfg
-        if self.logger is not None:
-            self.logger.write_config(cfg)
-            self.logger.reset_history(self.progress.history)
+        """Train the remaining epochs; return the summary (also in ``summary.json``, which records a failure
+        too: status diverged, interrupted or failed, and why, where the folder can still be written)."""
         epoch = self.progress.last_epoch + 1
         try:
-            for epoch in range(self.progress.last_epoch + 1, cfg.train.epochs):
+            if self.logger is not None:
+                self.logger.write_config(self.cfg)
+                self.logger.reset_history(self.progress.history)
+            for epoch in range(self.progress.last_epoch + 1, self.cfg.train.epochs):
                 self._run_epoch(epoch)
         except NonFiniteLossError as exc:
-            self._print(str(exc))
             self._finish(status="diverged", error=str(exc))
             raise
         except KeyboardInterrupt:
             self._save(improved=False, interrupted={"epoch": epoch, "step": self._step})
             self._print(f"interrupted in epoch {epoch}; saved {self.run_dir / LAST} (resume with --resume)")
             self._finish(status="interrupted")
+            raise
+        except Exception as exc:
+            with contextlib.suppress(OSError):  # record it where the folder can still be written
+                self._finish(status="failed", error=" ".join(f"{type(exc).__name__}: {exc}".split()))
+            if self.logger is not None:
+                self.logger.close()
+            if isinstance(exc, OSError):
+                raise write_failure(exc, self.run_dir) from exc
             raise
         return self._finish(status="completed")
 
@@ -358,7 +343,10 @@ class Trainer:
         values = stats.tolist()
         n = values[-1]
         if not all(math.isfinite(v) for v in values[: len(names) + 1]):
-            raise NonFiniteLossError(epoch, step, {k: v / n for k, v in zip(["loss", *names], values)})
+            losses = {k: v / n for k, v in zip(["loss", *names], values)}
+            done = self.progress.last_epoch
+            saved = f"{self.run_dir / LAST} (epoch {done + 1})" if done >= 0 else None
+            raise NonFiniteLossError(epoch, step, losses, saved, divergence_hint(self.cfg, losses))
         meter.add({"loss": values[0], **dict(zip(names, values[1:-2])), "correct": values[-2]}, int(n))
         bar.update(1)
         if step % PROGRESS_EVERY == 0 and not bar.disable:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from letkd.engine.rundir import CONFIG, METRICS, SUMMARY
+from letkd.engine.rundir import CONFIG, METRICS, SUMMARY, lock_holder
 
 #: config entries that do not change the experiment (besides ``seed``): ignored when grouping runs
 IGNORED_KEYS = (
@@ -161,7 +161,7 @@ def _number(value: Any) -> float | None:
 
 
 def read_run(folder: Path, include_unfinished: bool = False) -> RunRecord:
-    """Read one run folder; raises ``ValueError`` with the reason when it cannot be used."""
+    """Read one run folder; raises ``ValueError`` or ``TypeError`` saying why when it cannot be used."""
     config = _read_yaml(folder / CONFIG)
     summary: dict[str, Any] = {}
     if (folder / SUMMARY).is_file():
@@ -268,8 +268,13 @@ def collect_runs(
     records = []
     for folder in folders:
         try:
+            holder = lock_holder(folder)
+            if holder is not None:
+                raise ValueError(
+                    f"another process (pid {holder}) is still writing it; report it when it ends"
+                )
             records.append(read_run(folder, include_unfinished))
-        except (ValueError, OSError) as exc:
+        except (ValueError, TypeError, OSError) as exc:  # TypeError: a config value of the wrong type
             if skipped is None:
                 warnings.warn(f"skipping {folder}: {exc}", stacklevel=2)
             else:
