@@ -9,14 +9,8 @@ from torch import nn
 
 from letkd.methods import MethodContext, get_method
 from letkd.models import create_model
-from letkd.supervision import Codebook, SubclassCodebook
 from letkd.teacher import FrozenTeacher, TeacherError, compile_untapped_submodules
-
-NC, SIZE, K, SPC = 5, (3, 8, 8), 6, 2
-CODEBOOK_LAYER = {"kind": "codebook", "student_tap": "penultimate", "teacher_tap": "penultimate",
-                  "num_templates": K}
-SUBCLASS_LAYER = {"kind": "subclass", "student_tap": "intermediate", "teacher_tap": "intermediate",
-                  "subclasses_per_class": SPC, "lda_components": 3}
+from method_helpers import CODEBOOK_LAYER, NC, SIZE, SUBCLASS_LAYER, _batch, _codebook, _pair, _subclass
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,26 +19,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _pair() -> tuple[nn.Module, nn.Module]:
-    return create_model("resnet8", NC), create_model("resnet8", NC)
-
-
-def _codebook() -> Codebook:
-    return Codebook(torch.rand(K, 64) * 2)
-
-
-def _subclass(dim: int = 64, lda: int = 3) -> SubclassCodebook:
-    g = torch.Generator().manual_seed(3)
-    s = NC * SPC
-    scores = torch.softmax(torch.randn(s, s, generator=g), 1)
-    return SubclassCodebook(torch.randn(dim, 4, generator=g), torch.rand(dim, generator=g),
-                            torch.randn(s, lda, generator=g), scores, NC)
-
-
-def _batch(b: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.randn(b, *SIZE), torch.arange(b) % NC
 
 
 def _hooks(model: nn.Module) -> int:
