@@ -40,6 +40,15 @@ def loss_ref(fixtures_dir: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tests on tiny tensors (much faster on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -47,12 +47,7 @@ CIFAR_REFUSED = {
 TWO_STAGE = {"ab", "fsp"}  # 30 init epochs before RepDistiller's 240 (methods/init_stage.py)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 @pytest.fixture(autouse=True)

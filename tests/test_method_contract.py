@@ -20,12 +20,7 @@ N_TRAIN = 32
 EPOCHS = 4  # two-stage methods: epoch 0 is in their init stage (example init_epochs 1), epoch 3 is not
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 def _supervision(spec, dim: int = 64):

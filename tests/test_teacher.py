@@ -12,13 +12,7 @@ from letkd.models import create_model
 from letkd.teacher import FrozenTeacher, TeacherError, compile_untapped_submodules
 from method_helpers import CODEBOOK_LAYER, NC, SIZE, SUBCLASS_LAYER, _batch, _codebook, _pair, _subclass
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
 
 
 def _hooks(model: nn.Module) -> int:
