@@ -197,6 +197,7 @@ def _run(
 def _build_and_train(
     cfg: RunConfig, folder: Path, resume: bool, device: torch.device, method_cls: Any, params: Any
 ) -> dict[str, Any]:
+    """Teacher stage, supervision, datasets, student, distiller, then the trainer, in the claimed folder."""
     cfg = cfg.model_copy(deep=True)
     cfg.model.num_classes = num_classes = resolve_num_classes(cfg)
     if cfg.data.download:
