@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from letkd import fold
-from letkd.taps import FeatureTaps, probe_shapes, resolve_tap
+from letkd.taps import FeatureTaps, resolve_tap
 
 _FREEZING = {"freezing": True}
 
@@ -101,10 +101,6 @@ class FrozenTeacher(nn.Module):
             else:
                 self._compiled = [torch.compile(self.module, dynamic=False, options=_FREEZING)]
         self.prepared = True
-
-    def shapes(self, input_size: Sequence[int]) -> dict[str, tuple[int, ...]]:
-        """``{tap path: (C, H, W)}`` of the declared taps for one image of ``input_size`` (dummy forward)."""
-        return probe_shapes(self.module, self.tap_paths, input_size) if self.tap_paths else {}
 
     # -- running --------------------------------------------------------------------------------------------
 

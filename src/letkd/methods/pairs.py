@@ -10,8 +10,8 @@ combine several maps, like FSP), an optional connector per pair
 ``ce_weight · CE + weight · Σ_i w_i · pair_loss(i, connector_i(s_i), t_i)``.
 
 Student features are read through :mod:`letkd.methods.features`; the teacher is a
-:class:`~letkd.teacher.FrozenTeacher` whose taps are declared once here (the pairs' teacher paths, plus the
-classifier when :attr:`FeaturePairDistiller.reads_teacher_logits`) and read only in
+:class:`~letkd.teacher.FrozenTeacher` whose taps (the pairs' teacher paths) are declared once here and read,
+with the logits when :attr:`FeaturePairDistiller.reads_teacher_logits`, only in
 :meth:`FeaturePairDistiller.teacher_targets`.
 """
 
@@ -57,7 +57,7 @@ class FeaturePairDistiller(Distiller):
     default_taps: ClassVar[Literal["all", "last", "penultimate"]] = "all"
     #: read the student taps' outputs, or their inputs (pre-activations when the taps are ReLU modules)
     student_reads: ClassVar[Literal["output", "input"]] = "output"
-    #: whether :meth:`teacher_targets` also returns the teacher's logits (read at its classifier)
+    #: whether :meth:`teacher_targets` also returns the teacher's logits (one whole teacher forward)
     reads_teacher_logits: ClassVar[bool] = False
 
     def __init__(self, student, teacher, params=None, context: MethodContext | None = None):
@@ -74,10 +74,6 @@ class FeaturePairDistiller(Distiller):
         ]
         self.connectors = nn.ModuleList(c if c is not None else nn.Identity() for c in connectors)
         self.pair_weights = list(self.make_pair_weights(len(self.student_paths)))
-        self.teacher_logits_path = None
-        if self.reads_teacher_logits:
-            self.teacher_logits_path = classifier_path(network, "teacher", self.method_name)
-            self.teacher_paths = [*self.teacher_paths, self.teacher_logits_path]
         self.teacher.add_taps(self.teacher_paths)
 
     # -- what a method defines ---------------------------------------------------------------------------
@@ -144,6 +140,9 @@ class FeaturePairDistiller(Distiller):
     def teacher_targets(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's maps (no gradient), one per pair, then its logits ``(B, classes)`` when
         :attr:`reads_teacher_logits`: the one place the teacher is read."""
+        if self.reads_teacher_logits:
+            logits, feats = self.teacher.logits_and_features(images)
+            return [*(feats[p] for p in self.teacher_paths), logits]
         feats = self.teacher.features(images)
         return [feats[p] for p in self.teacher_paths]
 

@@ -59,7 +59,7 @@ class SimKD(FeaturePairDistiller):
 
     def __init__(self, student, teacher, params=None, context=None):
         super().__init__(student, teacher, params, context)
-        self.classifier_path = classifier_path(teacher, "teacher", "simkd")
+        self.classifier_path = classifier_path(self.teacher.module, "teacher", "simkd")
         width = self.teacher.module.get_submodule(self.classifier_path).in_features
         if width != self.teacher_shapes[0][0]:
             raise ConfigError(
