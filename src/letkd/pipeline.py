@@ -186,20 +186,27 @@ def _run(
     method_cls, params = method_and_params(cfg)  # bad params fail before any expensive stage
     if cfg.teacher is None and method_cls.requires_teacher:
         raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
-    check_run(cfg, params, resolve_num_classes(cfg))  # models, taps, grids: before any expensive stage
+    num_classes = resolve_num_classes(cfg)
+    check_run(cfg, params, num_classes)  # models, taps, grids: before any expensive stage
     folder = resolve_run_dir(cfg, run_dir, resume)
     info = dist_utils.current_info()
     claim = claim_run_dir(folder, resume, overwrite) if info.is_main else contextlib.nullcontext(folder)
     with claim:
-        return _build_and_train(cfg, folder, resume, device, method_cls, params)
+        return _build_and_train(cfg, folder, resume, device, method_cls, params, num_classes)
 
 
 def _build_and_train(
-    cfg: RunConfig, folder: Path, resume: bool, device: torch.device, method_cls: Any, params: Any
+    cfg: RunConfig,
+    folder: Path,
+    resume: bool,
+    device: torch.device,
+    method_cls: Any,
+    params: Any,
+    num_classes: int,
 ) -> dict[str, Any]:
     """Teacher stage, supervision, datasets, student, distiller, then the trainer, in the claimed folder."""
     cfg = cfg.model_copy(deep=True)
-    cfg.model.num_classes = num_classes = resolve_num_classes(cfg)
+    cfg.model.num_classes = num_classes
     if cfg.data.download:
         ensure_dataset(cfg.data.name, cfg.data.root)
     teacher, supervision, teacher_info = None, None, {}

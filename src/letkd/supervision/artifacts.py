@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from letkd.config import SupervisionConfig
-from letkd.device import select_device as resolve_device
+from letkd.device import select_device
 from letkd.supervision.codebook import DEFAULT_MAX_POINTS_PER_CENTROID, fit_codebook
 from letkd.supervision.errors import CorruptRowsError, NotEnoughRowsError
 from letkd.supervision.extract import RowFile, check_finite, extract_rows, open_checked
@@ -157,7 +157,7 @@ def build_artifact(
     on (``data.train_subset`` and the run's seed); the subset is part of the artefact's identity.
     ``fit=False``: only look the artefact up; raise :class:`ArtifactNotCachedError` if it is not cached.
     """
-    device = resolve_device(device)
+    device = select_device(device)
     seed = sup_cfg.seed if teacher_seed is None else teacher_seed
     teacher_id = teacher_identity(teacher_name, teacher_checkpoint, seed, teacher)
     module_path = resolve_tap(teacher, spec.teacher_tap)
