@@ -170,12 +170,7 @@ def build_distiller(
 
     ``input_size`` is one image ``(C, H, W)`` as the datasets deliver it.
     """
-    cls, params = method_and_params(cfg)
-    if teacher is None and (cls.requires_teacher or cfg.teacher is not None):
-        raise ConfigError(
-            f"method {cfg.method.name!r} with a teacher is run by 'letkd run' (the full pipeline); "
-            "'letkd train' trains a model on its own (method: vanilla)"
-        )
+    cls, params = method_and_params(cfg)  # a method that needs a teacher refuses None in from_config
     tcfg = cfg.teacher
     context = MethodContext(
         num_classes=num_classes,
