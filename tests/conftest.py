@@ -54,3 +54,26 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def restore_plugins(monkeypatch):
+    """Registries, ``sys.path`` and the modules imported from outside the installed code as they were:
+    for tests that register methods, models or datasets of their own or import modules from a tmp folder."""
+    import sys
+
+    from letkd.data.registry import DATASETS
+    from letkd.methods.base import METHODS
+    from letkd.models.registry import MODELS
+
+    for registry in (METHODS, MODELS, DATASETS):
+        monkeypatch.setattr(registry, "_items", dict(registry._items))
+        monkeypatch.setattr(registry, "_origins", dict(registry._origins))
+    before, path = set(sys.modules), list(sys.path)
+    installed = tuple(p for p in path if p)
+    monkeypatch.setattr(sys, "path", list(path))
+    yield
+    for name in set(sys.modules) - before:
+        origin = getattr(sys.modules[name], "__file__", None) or ""
+        if not origin.startswith(installed):
+            del sys.modules[name]

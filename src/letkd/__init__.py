@@ -25,6 +25,7 @@ _EXPORTS = {
     # models and data
     "create_model": "letkd.models",
     "list_models": "letkd.models",
+    "register_model": "letkd.models",
     "get_taps": "letkd.models",
     "resolve_tap": "letkd.taps",
     "feature_shape": "letkd.taps",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "CheckpointError": "letkd.models",
     "create_dataset": "letkd.data",
     "dataset_info": "letkd.data",
+    "register_dataset": "letkd.data",
     # teacher supervision
     "Codebook": "letkd.supervision",
     "SubclassCodebook": "letkd.supervision",

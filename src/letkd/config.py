@@ -1,11 +1,19 @@
 """Typed run configuration: YAML files validated by pydantic, plus dotted ``key=value`` overrides.
 
-Configs are data: they name models, datasets and methods by registry name; nothing in them is
-imported or evaluated. Unknown keys are errors that name the key and the file.
+Configs are data: they name models, datasets and methods by registry name; nothing in them is evaluated,
+and ``imports`` names modules (of one's own methods, models, datasets) that are imported before anything is
+built (:mod:`letkd.plugins`). Unknown keys are errors that name the key and the file.
+
+File paths a config names (:data:`PATH_KEYS`) are relative to the folder of the file that names them, and
+paths given as ``key=value`` overrides are relative to the working directory; :func:`load_config` makes them
+absolute, so a loaded config (and the ``config.yaml`` a run folder keeps) means the same from any folder.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,6 +161,11 @@ class RunConfig(_Strict):
 
     name: str | None = None
     seed: int = Field(0, ge=0)
+    imports: list[str] = Field(
+        default_factory=list,
+        description="modules to import before building (your own methods, models, datasets); "
+        "docs/extending.md",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     teacher: TeacherConfig | None = None
@@ -168,9 +181,27 @@ class RunConfig(_Strict):
             raise ValueError("must be a plain folder name (no '/', '\\', '..' or empty name)")
         return v
 
+    @field_validator("imports", mode="before")
+    @classmethod
+    def _one_module(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v  # imports=my_kd on the command line
+
+    @field_validator("imports")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        from letkd.plugins import MODULE_NAME
+
+        bad = [name for name in v if not MODULE_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a module name (imports: [my_kd.methods]): no paths, no code")
+        return v
+
     def to_yaml(self) -> str:
         """The resolved config as YAML (what a run folder stores)."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        data = self.model_dump(mode="json")
+        if not data["imports"]:
+            del data["imports"]  # configs without plugins keep the text (and the hashes) they always had
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -225,10 +256,22 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
         raise ConfigError(format_validation_error(exc, f"invalid config {source}")) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (``yaml.safe_load``), apply overrides, validate.
+#: the config entries that hold file paths: relative ones are resolved as the module docstring says
+PATH_KEYS = (
+    ("model", "checkpoint"),
+    ("teacher", "checkpoint"),
+    ("teacher", "train_config"),
+    ("data", "root"),
+)
+_SCHEME = re.compile(r"[A-Za-z][\w+.-]+:")  # crd:resnet56, torchvision:..., https://: names, not paths
 
-    ``name`` defaults to the file stem (prefixed by its folder name).
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (``yaml.safe_load``), apply overrides, validate, import its ``imports``.
+
+    ``name`` defaults to the file stem (prefixed by its folder name). The paths of :data:`PATH_KEYS` come
+    back absolute: those in the file resolved against the file's folder, those in overrides against the
+    working directory.
     """
     path = Path(path)
     if not path.is_file():
@@ -243,17 +286,49 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path}: the config is empty (a run needs at least data, model and method)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    data = apply_overrides(data, overrides or [])
+    data = _absolute_paths(data, path)
+    data = _absolute_paths(apply_overrides(data, overrides or []), None)
     cfg = config_from_dict(data, str(path))
     if cfg.name is None:
         cfg.name = path.stem if path.parent.name in ("", ".") else f"{path.parent.name}-{path.stem}"
-    for section in (cfg.teacher,):
-        if section is not None and section.train_config and not Path(section.train_config).is_absolute():
-            section.train_config = str(_resolve_relative(path, section.train_config))
+    if cfg.imports:
+        from letkd.plugins import import_modules
+
+        import_modules(cfg.imports, str(path))
     return cfg
 
 
-def _resolve_relative(config_path: Path, other: str) -> Path:
-    """Paths inside a config are relative to the working directory if they exist there, else to the file."""
-    p = Path(other)
-    return p if p.exists() else (config_path.parent / p)
+def _absolute_paths(data: dict[str, Any], config_path: Path | None) -> dict[str, Any]:
+    """``data`` with the relative paths of :data:`PATH_KEYS` made absolute: against the folder of
+    ``config_path`` (the file that names them), or against the working directory when it is None."""
+    for section, key in PATH_KEYS:
+        node = data.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not _SCHEME.match(value):
+            node[key] = str(resolve_config_path(config_path, value, f"{section}.{key}"))
+    return data
+
+
+def resolve_config_path(config_path: Path | None, value: str, key: str = "a path") -> Path:
+    """Where the path ``value`` written in ``config_path`` points (absolute, ``~`` expanded).
+
+    Relative paths are relative to the config's folder. Compatibility: when nothing exists there but the
+    path exists relative to the working directory (configs written for the old rule), that one is used and
+    a warning says how to write it.
+    """
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p
+    if config_path is None:
+        return Path(os.path.abspath(p))
+    folder = config_path.resolve().parent
+    beside = folder / p
+    if not beside.exists() and p.exists():
+        fixed = os.path.relpath(p.resolve(), folder)
+        print(
+            f"warning: {config_path}: {key} {value!r} is not in the config's folder ({folder}) but in the "
+            f"working directory; paths in a config are relative to the config: write {fixed!r}",
+            file=sys.stderr,
+        )
+        return p.resolve()
+    return Path(os.path.normpath(beside))

@@ -94,8 +94,6 @@ def run_demo(
         path = folder / f"{method}.yaml"
         cfg = load_config(path, overrides)
         cfg.train.device = device or cfg.train.device
-        if cfg.teacher is not None and cfg.teacher.train_config:
-            cfg.teacher.train_config = str(folder / "teacher.yaml")
         run_dir = out / method
         runs[method] = run_dir
         if not fresh and _completed_with(run_dir, cfg):

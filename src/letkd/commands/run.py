@@ -12,7 +12,8 @@ examples:
   letkd run configs/cifar100/resnet56_resnet20/letkd2.yaml --download
   letkd run configs/cifar100/resnet56_resnet20/letkd1.yaml \\
       teacher.checkpoint=checkpoints/resnet56_vanilla/ckpt_epoch_240.pth
-  letkd run configs/fashion_mnist/letkd1.yaml seed=1 --out runs/fm-letkd1-s1
+  letkd run configs/fashion_mnist/demo/letkd1.yaml seed=1 --out runs/fm-letkd1-s1
+  letkd run ../configs/digits/kd.yaml          # paths inside a config are relative to its file
   torchrun --nproc_per_node=4 -m letkd run configs/cifar100/wrn_40_2_wrn_16_2/letkd2.yaml
 
 Stages, each reused when it already exists: the teacher (teacher.checkpoint: a file, or a published
@@ -41,12 +42,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--resume", action="store_true", help="continue the student run from last.pt")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, mps (default: train.device, 'auto')")
     p.add_argument("--download", action="store_true", help="fetch a missing dataset (= data.download=true)")
+    p.add_argument(
+        "--json", action="store_true", help="end with one JSON object (accuracies, run folder), not a line"
+    )
     p.set_defaults(func=handle)
     return p
 
 
 def handle(args: argparse.Namespace) -> int:
     """Handler of ``letkd run``; failures are raised and reported by :func:`letkd.cli.main` (exit 1)."""
+    from letkd.commands.train import summary_line
     from letkd.config import load_config
     from letkd.pipeline import run_pipeline
 
@@ -58,5 +63,5 @@ def handle(args: argparse.Namespace) -> int:
     )
     if os.environ.get("RANK", "0") == "0":
         keys = ("teacher_top1", "best_top1", "last_top1", "best_epoch", "extra_parameters", "run_dir")
-        print(json.dumps({k: summary.get(k) for k in keys}))
+        print(json.dumps({k: summary.get(k) for k in keys}) if args.json else summary_line(summary))
     return 0 if summary.get("status") == "completed" else 1

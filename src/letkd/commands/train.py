@@ -53,12 +53,25 @@ def run(args: argparse.Namespace) -> int:
         cfg, run_dir=args.out, resume=args.resume, device=args.device, overwrite=args.overwrite
     )
     if _is_main():
-        print(
-            f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
-            f"last top-1 {summary['last_top1']:.2f}%, {summary['wall_seconds']:.0f} s; "
-            f"run folder: {summary['run_dir']}"
-        )
+        print(summary_line(summary))
     return 0
+
+
+def summary_line(summary: dict) -> str:
+    """The last line of ``letkd train`` and ``letkd run``: accuracies, time and the run folder."""
+
+    def pct(key: str) -> str:
+        value = summary.get(key)
+        return "n/a" if value is None else f"{value:.2f}%"
+
+    teacher = f"teacher top-1 {pct('teacher_top1')}; " if summary.get("teacher_top1") is not None else ""
+    extra = summary.get("extra_parameters")
+    kept = f", {extra:,} extra parameters kept in the student" if extra else ""
+    return (
+        f"{teacher}best top-1 {pct('best_top1')} (epoch {summary.get('best_epoch')}), "
+        f"last top-1 {pct('last_top1')}{kept}, {summary.get('wall_seconds') or 0:.0f} s; "
+        f"run folder: {summary.get('run_dir')}"
+    )
 
 
 def _is_main() -> bool:

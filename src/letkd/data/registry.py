@@ -1,4 +1,6 @@
-"""Dataset registry: ``create_dataset(name, split)``, ``dataset_info(name)``, ``list_datasets()``."""
+"""Dataset registry: ``register_dataset``, ``create_dataset(name, split)``, ``dataset_info(name)``,
+``list_datasets()``. Datasets of one's own register the same way from a config's ``imports:`` or an entry
+point of group ``letkd.datasets`` (docs/extending.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from torch.utils.data import Dataset
 
 from letkd.data import cifar, digits, fashion_mnist, imagenet, tiny_imagenet
 from letkd.data import transforms as T
+from letkd.plugins import Registry, UnknownNameError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -30,9 +33,11 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class DatasetEntry:
+    """A registered dataset: its facts, its loader and how to build its two standard transforms."""
+
     info: DatasetInfo
-    load: Callable[..., Dataset]  # load(split, root, download, transform)
+    load: Callable[..., Dataset]  # load(split, root=None, download=False, transform=None) -> Dataset
     train_transform: Callable[[DatasetInfo], Transform]
     test_transform: Callable[[DatasetInfo], Transform]
 
@@ -41,62 +46,81 @@ def _normalize(info: DatasetInfo) -> Transform:
     return T.normalize(info.mean, info.std)
 
 
+class UnknownDatasetError(UnknownNameError):
+    """Raised for a dataset name that nothing registers; the message lists the known ones."""
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "letkd.datasets", UnknownDatasetError)
+
+
+def register_dataset(
+    name: str,
+    info: DatasetInfo,
+    train_transform: Callable[[DatasetInfo], Transform] = _normalize,
+    test_transform: Callable[[DatasetInfo], Transform] = _normalize,
+) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Decorator: make ``load(split, root=None, download=False, transform=None) -> Dataset`` available as
+    ``name``.
+
+    ``load`` returns the items ``(image, label int)`` of one of ``info.splits`` with ``transform`` applied to
+    each raw ``uint8 (C, H, W)`` image (``None``: no transform), and a ``.targets`` list of int labels.
+    ``train_transform`` / ``test_transform`` build the standard transforms from ``info`` (default for both:
+    normalisation with ``info.mean`` / ``info.std``, no augmentation).
+    """
+
+    def deco(load: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        DATASETS.add(name, DatasetEntry(info, load, train_transform, test_transform), origin=load)
+        return load
+
+    return deco
+
+
 _TRAIN_TEST = ("train", "test")
 _TRAIN_VAL_TEST = ("train", "val", "test")
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-_REGISTRY: dict[str, _Entry] = {
-    "fashion_mnist": _Entry(
-        # statistics of the 60,000 training images as served (zero-padded to 32×32), test_data recomputes them
-        DatasetInfo(10, 32, (0.2190,) * 3, (0.3318,) * 3, _TRAIN_TEST),
-        fashion_mnist.load,
-        lambda i: T.crop_flip(i.mean, i.std, 32, padding=4),
-        _normalize,
-    ),
-    "cifar10": _Entry(
-        DatasetInfo(10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _TRAIN_TEST),
-        partial(cifar.load, cifar.CIFAR10),
-        lambda i: T.crop_flip(i.mean, i.std, 32, padding=4, padding_mode="reflect"),
-        _normalize,
-    ),
-    "cifar100": _Entry(
-        DatasetInfo(100, 32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), _TRAIN_TEST),
-        partial(cifar.load, cifar.CIFAR100),
-        lambda i: T.crop_flip(i.mean, i.std, 32, padding=4, padding_mode="reflect"),
-        _normalize,
-    ),
-    "tiny_imagenet": _Entry(
-        DatasetInfo(200, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), _TRAIN_VAL_TEST),
-        tiny_imagenet.load,
-        lambda i: T.rotate_flip(i.mean, i.std, degrees=20),
-        _normalize,
-    ),
-    "imagenet": _Entry(
-        DatasetInfo(1000, 224, _IMAGENET_MEAN, _IMAGENET_STD, _TRAIN_VAL_TEST),
-        imagenet.load,
-        lambda i: T.resized_crop_flip(i.mean, i.std, 224),
-        lambda i: T.resize_center_crop(i.mean, i.std, 256, 224),
-    ),
-    "digits": _Entry(
-        # statistics of the 1,437 training images as served (upsampled to 32×32), test_data recomputes them
-        DatasetInfo(10, 32, (0.3054,) * 3, (0.3237,) * 3, _TRAIN_TEST),
-        digits.load,
-        lambda i: T.crop_flip(i.mean, i.std, 32, padding=2, flip=False),
-        _normalize,
-    ),
-}
+register_dataset(
+    # statistics of the 60,000 training images as served (zero-padded to 32×32), test_data recomputes them
+    "fashion_mnist",
+    DatasetInfo(10, 32, (0.2190,) * 3, (0.3318,) * 3, _TRAIN_TEST),
+    lambda i: T.crop_flip(i.mean, i.std, 32, padding=4),
+)(fashion_mnist.load)
+register_dataset(
+    "cifar10",
+    DatasetInfo(10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _TRAIN_TEST),
+    lambda i: T.crop_flip(i.mean, i.std, 32, padding=4, padding_mode="reflect"),
+)(partial(cifar.load, cifar.CIFAR10))
+register_dataset(
+    "cifar100",
+    DatasetInfo(100, 32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), _TRAIN_TEST),
+    lambda i: T.crop_flip(i.mean, i.std, 32, padding=4, padding_mode="reflect"),
+)(partial(cifar.load, cifar.CIFAR100))
+register_dataset(
+    "tiny_imagenet",
+    DatasetInfo(200, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), _TRAIN_VAL_TEST),
+    lambda i: T.rotate_flip(i.mean, i.std, degrees=20),
+)(tiny_imagenet.load)
+register_dataset(
+    "imagenet",
+    DatasetInfo(1000, 224, _IMAGENET_MEAN, _IMAGENET_STD, _TRAIN_VAL_TEST),
+    lambda i: T.resized_crop_flip(i.mean, i.std, 224),
+    lambda i: T.resize_center_crop(i.mean, i.std, 256, 224),
+)(imagenet.load)
+register_dataset(
+    # statistics of the 1,437 training images as served (upsampled to 32×32), test_data recomputes them
+    "digits",
+    DatasetInfo(10, 32, (0.3054,) * 3, (0.3237,) * 3, _TRAIN_TEST),
+    lambda i: T.crop_flip(i.mean, i.std, 32, padding=2, flip=False),
+)(digits.load)
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`create_dataset`, sorted."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`create_dataset`, sorted (built-in and registered ones)."""
+    return DATASETS.names()
 
 
-def _entry(name: str) -> _Entry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}") from None
+def _entry(name: str) -> DatasetEntry:
+    return DATASETS.get(name)
 
 
 def dataset_info(name: str) -> DatasetInfo:

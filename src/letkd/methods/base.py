@@ -11,18 +11,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from letkd.config import ConfigError, format_validation_error
+from letkd.plugins import Registry
 from letkd.teacher import FrozenTeacher
 
-_METHODS: dict[str, type[Distiller]] = {}
+METHODS: Registry[type[Distiller]] = Registry("method", "letkd.methods")
 
 
 def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
     """Class decorator: make a :class:`Distiller` subclass available to configs under ``name``."""
 
     def deco(cls: type[Distiller]) -> type[Distiller]:
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"method {name!r} is already registered by {_METHODS[name].__name__}")
-        _METHODS[name] = cls
+        METHODS.add(name, cls)
         cls.method_name = name
         return cls
 
@@ -30,20 +29,18 @@ def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
 
 
 def get_method(name: str) -> type[Distiller]:
-    """Return the Distiller class registered as ``name``; raise listing the known names otherwise."""
+    """Return the Distiller class registered as ``name`` (built in, from a config's ``imports:`` or an entry
+    point of group ``letkd.methods``); an unknown name raises a ``KeyError`` listing the known names."""
     import letkd.methods  # noqa: F401  (registers the built-in methods)
 
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}") from None
+    return METHODS.get(name)
 
 
 def list_methods() -> list[str]:
     """Names of all registered methods."""
     import letkd.methods  # noqa: F401
 
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 @dataclass

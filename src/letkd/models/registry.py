@@ -6,56 +6,49 @@ from collections.abc import Callable
 
 from torch import nn
 
-ModelFactory = Callable[..., nn.Module]
+from letkd.plugins import Registry, UnknownNameError
 
-_ZOO: dict[str, ModelFactory] = {}
+ModelFactory = Callable[..., nn.Module]
 
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
 
 
-class UnknownModelError(KeyError, ValueError):
-    """Raised for a model name that is neither in the zoo nor a valid ``torchvision:``/``timm:`` name."""
+class UnknownModelError(UnknownNameError):
+    """Raised for a model name that is neither registered nor a valid ``torchvision:``/``timm:`` name."""
 
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
+
+MODELS: Registry[ModelFactory] = Registry("model", "letkd.models", UnknownModelError)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator: make ``factory(num_classes=..., **kwargs) -> nn.Module`` available as ``name``."""
-
-    def deco(factory: ModelFactory) -> ModelFactory:
-        if name in _ZOO and _ZOO[name] is not factory:
-            raise ValueError(f"model {name!r} is already registered")
-        _ZOO[name] = factory
-        return factory
-
-    return deco
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
-    """Names of the built-in zoo models (``torchvision:<name>`` and ``timm:<name>`` are accepted as well)."""
-    return sorted(_ZOO, key=str.lower)
+    """Names of the registered models (``torchvision:<name>`` and ``timm:<name>`` are accepted as well)."""
+    return MODELS.names()
 
 
 def create_model(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
     """Build a model by registry name with random weights; ``forward(x)`` returns logits ``(B, num_classes)``.
 
-    ``name`` is a zoo name (see :func:`list_models`), ``torchvision:<name>`` (any torchvision classification
-    model, ``weights=None`` unless given in ``kwargs``) or ``timm:<name>`` (``pretrained=False`` unless given;
-    needs ``pip install letkd[timm]``). Extra ``kwargs`` go to the model's constructor.
+    ``name`` is a registered name (the zoo, see :func:`list_models`, or a model of your own registered from
+    a config's ``imports:`` or an entry point of group ``letkd.models``), ``torchvision:<name>`` (any
+    torchvision classification model, ``weights=None`` unless given in ``kwargs``) or ``timm:<name>``
+    (``pretrained=False`` unless given; needs ``pip install letkd[timm]``). Extra ``kwargs`` go to the
+    model's constructor.
     """
     if name.startswith(TORCHVISION_PREFIX):
         return _create_torchvision(name[len(TORCHVISION_PREFIX) :], num_classes, **kwargs)
     if name.startswith(TIMM_PREFIX):
         return _create_timm(name[len(TIMM_PREFIX) :], num_classes, **kwargs)
     try:
-        factory = _ZOO[name]
-    except KeyError:
-        raise UnknownModelError(
-            f"unknown model {name!r}; valid names: {', '.join(list_models())}, "
-            f"or '{TORCHVISION_PREFIX}<name>' / '{TIMM_PREFIX}<name>'"
-        ) from None
+        factory = MODELS.get(name)
+    except UnknownModelError:
+        also = f"; or '{TORCHVISION_PREFIX}<name>' / '{TIMM_PREFIX}<name>'"
+        raise UnknownModelError(MODELS.unknown_message(name, also)) from None
     return factory(num_classes=num_classes, **kwargs)
 
 

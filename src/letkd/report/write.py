@@ -74,6 +74,14 @@ def to_csv(rows: Sequence[GroupRow]) -> str:
 
 def plot_accuracy(rows: Sequence[GroupRow]) -> bytes:
     """PNG of test top-1 per epoch (mean over seeds), one panel per dataset, one line per group."""
+    buf = io.BytesIO()
+    accuracy_figure(rows).savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def accuracy_figure(rows: Sequence[GroupRow]):
+    """The matplotlib ``Figure`` of :func:`plot_accuracy`. Every group's points carry markers (at most
+    about 20 per line), so a group with a single evaluated epoch shows as a dot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -86,7 +94,10 @@ def plot_accuracy(rows: Sequence[GroupRow]) -> bytes:
         for r in (r for r in rows if r.dataset == dataset and r.curve):
             pair = f"{r.teacher}→{r.student}" if r.teacher else r.student
             epochs, accs = zip(*r.curve)
-            ax.plot([e + 1 for e in epochs], accs, label=f"{pair} {r.display or r.label} (n={r.n})")
+            ax.plot(
+                [e + 1 for e in epochs], accs, marker="o", markersize=4,
+                markevery=max(1, len(epochs) // 20), label=f"{pair} {r.display or r.label} (n={r.n})",
+            )  # fmt: skip
         ax.set_title(dataset)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -94,9 +105,7 @@ def plot_accuracy(rows: Sequence[GroupRow]) -> bytes:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return fig
 
 
 def write_outputs(rows: Sequence[GroupRow], out_dir: str | Path, skipped: Sequence[SkippedRun] = ()) -> dict:
