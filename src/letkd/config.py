@@ -191,9 +191,11 @@ class RunConfig(_Strict):
     def _module_names(cls, v: list[str]) -> list[str]:
         from letkd.plugins import MODULE_NAME
 
-        bad = [name for name in v if not MODULE_NAME.fullmatch(name)]
-        if bad:
-            raise ValueError(f"{bad[0]!r} is not a module name (imports: [my_kd.methods]): no paths, no code")
+        for name in v:
+            if name.endswith(".py"):
+                raise ValueError(f"{name!r} is a file name: name the module instead ({name[:-3]!r})")
+            if not MODULE_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a module name (like my_kd.methods): no paths, no code")
         return v
 
     def to_yaml(self) -> str:
