@@ -96,7 +96,7 @@ CASES = [
          "trained on digits (10 classes), evaluating on fashion_mnist", stdout="top-1"),
     # --------------------------------------------------------------------------------- teacher
     Case("teacher-checkpoint-missing", f"run {KD} teacher.train_config=null teacher.checkpoint=nope.pt "
-         "--out out/t1", 1, "teacher checkpoint not found: nope.pt", absent=EXPENSIVE),
+         "--out out/t1", 1, "/nope.pt (set teacher.checkpoint=PATH", absent=EXPENSIVE),
     Case("teacher-checkpoint-malicious", f"run {KD} teacher.train_config=null "
          "teacher.checkpoint=files/malicious.pt --out out/t2", 1, "refused: unpickling it would run code (",
          absent=EXPENSIVE),
