@@ -31,8 +31,11 @@ def test_page(page, scratch):
     assert not problems, f"{page.relative_to(ROOT)}:\n  " + "\n  ".join(problems)
 
 
-def test_help_examples(scratch):
+def test_help_examples(scratch, monkeypatch):
     assert not docs_pages.help_epilog_problems()
+    broken = "examples:\n  letkd run configs/fashion_mnist/letkd1.yaml seed=1\n"
+    monkeypatch.setattr("letkd.commands.run.EPILOG", broken)
+    assert any("configs/fashion_mnist/letkd1.yaml" in p for p in docs_pages.help_epilog_problems())
 
 
 def test_config_comments_state_the_templates_they_use():
