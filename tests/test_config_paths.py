@@ -61,6 +61,7 @@ def test_paths_in_overrides_are_relative_to_the_working_directory(elsewhere):
 def test_paths_in_a_file_are_relative_to_its_folder(elsewhere, tmp_path):
     folder = tmp_path / "exp" / "sub"
     folder.mkdir(parents=True)
+    (elsewhere / "teacher.yaml").write_text("model: {name: resnet20}\n")  # same name where the user stands
     (folder / "teacher.yaml").write_text("model: {name: resnet8}\n")
     (folder / "kd.yaml").write_text(
         "teacher: {name: resnet8, train_config: teacher.yaml, checkpoint: ../w/t.pt}\n"
