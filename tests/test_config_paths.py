@@ -104,12 +104,14 @@ def test_a_path_written_for_the_working_directory_still_works_and_says_how(tmp_p
     assert "write 'teacher.yaml'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
-def test_shipped_configs_name_files_relative_to_themselves(path, elsewhere, capsys):
-    cfg = load_config(path)
-    assert "warning" not in capsys.readouterr().err
-    if cfg.teacher is not None and cfg.teacher.train_config:
-        assert Path(cfg.teacher.train_config).is_file(), cfg.teacher.train_config
+def test_shipped_configs_name_files_relative_to_themselves(elsewhere, capsys):
+    missing = []
+    for path in CONFIGS:
+        teacher = load_config(path).teacher
+        if teacher is not None and teacher.train_config and not Path(teacher.train_config).is_file():
+            missing.append(f"{path}: {teacher.train_config}")
+    assert not missing
+    assert "warning" not in capsys.readouterr().err  # no path written for the working directory
 
 
 def test_sweep_checks_resolve_paths_from_the_config(elsewhere):
