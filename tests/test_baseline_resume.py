@@ -82,3 +82,24 @@ def test_negatives_come_from_other_classes_and_depend_only_on_seed_epoch_index()
     assert torch.equal(again, contrast)
     data.set_epoch(1)
     assert not torch.equal(data[2][2]["contrast_index"], contrast)
+
+
+def test_negatives_are_distinct_when_the_pool_allows_as_repdistiller_draws_them():
+    class Labeled(torch.utils.data.Dataset):
+        targets = [i % 4 for i in range(400)]  # 300 samples of other classes per sample
+
+        def __len__(self):
+            return len(self.targets)
+
+        def __getitem__(self, i):
+            return torch.zeros(1), self.targets[i]
+
+    data = ContrastSampleDataset(Labeled(), num_negatives=300, seed=1)
+    for i in (0, 7, 399):
+        negatives = data[i][2]["contrast_index"][1:].tolist()
+        assert len(set(negatives)) == 300  # the whole pool, no sample twice
+        assert all(Labeled.targets[j] != Labeled.targets[i] for j in negatives)
+    assert len(set(ContrastSampleDataset(Labeled(), 200, seed=1)[5][2]["contrast_index"][1:].tolist())) == 200
+    no_targets = torch.utils.data.TensorDataset(torch.zeros(50, 1), torch.zeros(50, dtype=torch.long))
+    unlabeled = ContrastSampleDataset(no_targets, 49, seed=1)
+    assert sorted(unlabeled[3][2]["contrast_index"][1:].tolist()) == [j for j in range(50) if j != 3]

@@ -36,10 +36,10 @@ CIFAR_PAIRS = {
 }
 CIFAR_METHODS = {"vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2",
                  "vid", "ab", "fsp", "nst", "pkt", "rkd", "crd", "crd_kd", "simkd"}
-# start-up refuses these (FSP: unequal stage widths; AB: stage outputs that no ReLU produces): no config
+# start-up refuses these (FSP: unequal stage widths): no config
 CIFAR_REFUSED = {
-    "ResNet50_MobileNetV2": {"ab", "fsp"},
-    "resnet32x4_ShuffleV2": {"ab", "fsp"},
+    "ResNet50_MobileNetV2": {"fsp"},
+    "resnet32x4_ShuffleV2": {"fsp"},
     "resnet32x4_ShuffleV1": {"fsp"},
     "wrn_40_2_ShuffleV1": {"fsp"},
     "wrn_40_2_wrn_40_1": {"fsp"},
@@ -128,8 +128,10 @@ def test_cifar100_configs_follow_the_paper(pair):
         tr = cfg.train
         init = cfg.method.params["init_epochs"] if cfg.method.name in TWO_STAGE else 0
         assert init in (0, 30)
-        epochs = (tr.epochs, tr.lr, tr.momentum, tr.nesterov, tr.weight_decay)
-        assert epochs == (240 + init, lr, 0.9, True, 5e-4)
+        epochs = (tr.epochs, tr.lr, tr.momentum, tr.weight_decay)
+        assert epochs == (240 + init, lr, 0.9, 5e-4)
+        letkd_recipe = path.stem in ("letkd1", "letkd2", "quest")  # the others: baselines, from RepDistiller
+        assert cfg.recipe == ("letkd" if letkd_recipe else "repdistiller") and tr.nesterov is letkd_recipe
         milestones = [150 + init, 180 + init, 210 + init]
         assert (tr.schedule.type, tr.schedule.milestones, tr.schedule.gamma) == ("step", milestones, 0.1)
         assert pair.endswith(f"_{cfg.model.name}")
@@ -153,6 +155,28 @@ def test_cifar100_configs_follow_the_paper(pair):
     assert (dkd.alpha, dkd.temperature, dkd.warmup) == (1.0, 4.0, 20)
     assert dkd.beta == {"resnet56_resnet20": 2.0, "resnet110_resnet32": 2.0, "resnet110_resnet20": 2.0,
                         "wrn_40_2_wrn_16_2": 6.0, "wrn_40_2_wrn_40_1": 6.0}.get(pair, 8.0)
+
+
+# RepDistiller's feat[-2] of each CIFAR model (its forward(is_feat=True)): the map SimKD reads
+FEAT_MINUS_2 = {
+    "resnet20": ("layer3", 64), "resnet32": ("layer3", 64), "resnet56": ("layer3", 64),
+    "resnet110": ("layer3", 64), "resnet8x4": ("layer3", 256), "resnet32x4": ("layer3", 256),
+    "wrn_16_2": ("block3", 128), "wrn_40_1": ("block3", 64), "wrn_40_2": ("block3", 128),
+    "ShuffleV1": ("layer3", 960), "ShuffleV2": ("layer3", 464), "MobileNetV2": ("blocks.6", 160),
+    "ResNet50": ("layer4", 2048),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("pair", sorted(CIFAR_PAIRS))
+def test_simkd_reads_repdistillers_feat_minus_2_of_both_networks(pair):
+    from letkd.methods.features import default_stage_taps
+
+    cfg = _load(ROOT / "configs" / "cifar100" / pair / "simkd.yaml")
+    params = get_method("simkd").parse_params(cfg.method.params)
+    for name, taps in ((cfg.model.name, params.student_taps), (cfg.teacher.name, params.teacher_taps)):
+        model = _model(name, 100)
+        (tap,) = taps or default_stage_taps(model, get_method("simkd").default_taps, "student")
+        assert (tap, _shape(name, 100, tap, 32)[0]) == FEAT_MINUS_2[name], name
 
 
 def test_cifar100_configs_name_published_teachers_of_the_table():

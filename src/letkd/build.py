@@ -24,13 +24,16 @@ def _log(message: str) -> None:
 
 
 def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
-    """Training set (augmented unless ``data.augment`` is false; seeded subset if ``data.train_subset``)
+    """Training set (augmented unless ``data.augment`` is false, random-crop border ``data.crop_padding``;
+    seeded subset if ``data.train_subset``)
     and test set (first ``data.test_subset`` images if set)."""
     from letkd.data import create_dataset, subset
 
     d = cfg.data
     kind = "auto" if d.augment else "test"
-    train = create_dataset(d.name, "train", root=d.root, transform=kind, download=d.download)
+    train = create_dataset(
+        d.name, "train", root=d.root, transform=kind, download=d.download, crop_padding=d.crop_padding
+    )
     test = create_dataset(d.name, "test", root=d.root, transform="test", download=d.download)
     if d.train_subset is not None and d.train_subset < len(train):
         train = subset(train, d.train_subset, cfg.seed)

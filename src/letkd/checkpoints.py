@@ -1,16 +1,23 @@
 """Checkpoint files: the one safe reader and the one atomic writer.
 
-Every checkpoint (training state, model weights, a RepDistiller or letKD reference file) is read by
-:func:`read_checkpoint`: ``.safetensors`` files with safetensors, anything else with
+Every checkpoint (training state, model weights, a RepDistiller, mdistiller or letKD reference file) is read
+by :func:`read_checkpoint`: ``.safetensors`` files with safetensors, anything else with
 ``torch.load(path, map_location="cpu", weights_only=True)``, so a file that needs arbitrary code to unpickle
-is refused, never executed. :func:`save_checkpoint` writes through a temporary file and an atomic rename,
-so a crash never leaves half a file. What a training checkpoint holds is :mod:`letkd.engine.state`; how a
+is refused, never executed. Besides tensors and plain containers, exactly these globals are allowed, each a
+plain-data constructor that imports and runs nothing else: numpy scalars and dtypes (an accuracy saved as
+``np.float64``, under numpy 1's module name too) and ``argparse.Namespace`` (the options RepDistiller pickles
+into its ``*_best.pth`` / ``*_last.pth`` files; its values go through the same restricted unpickler).
+Storages saved on a GPU (``cuda:0``) are loaded onto the CPU, in the zip and the legacy (pre-1.6) formats.
+:func:`save_checkpoint` writes through a temporary file and an atomic rename, so a crash never leaves half a
+file. What a training checkpoint holds is :mod:`letkd.engine.state`; how a
 state_dict is found in a file and loaded into a model is :mod:`letkd.models.weights`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import io
 import os
 import pickle
@@ -43,7 +50,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        with _allow_numpy_scalars():
+        with _allow_plain_globals():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if _needs_code(exc):
@@ -73,21 +80,37 @@ def _unreadable(path: Path, detail: str) -> str:
     return f"cannot read checkpoint {path} (corrupt, or not a torch file): {detail}"
 
 
-def _allow_numpy_scalars() -> contextlib.AbstractContextManager:
-    """Context allowing numpy scalars in weights-only loads (torch >= 2.5; a no-op before)."""
+def _allow_plain_globals() -> contextlib.AbstractContextManager:
+    """Context allowing :func:`_plain_globals` in weights-only loads (torch >= 2.5; a no-op before)."""
     safe_globals = getattr(torch.serialization, "safe_globals", None)
-    return safe_globals(_numpy_scalar_globals()) if safe_globals else contextlib.nullcontext()
+    return safe_globals(_plain_globals()) if safe_globals else contextlib.nullcontext()
 
 
-def _numpy_scalar_globals() -> list:
-    """Constructors of numpy scalars and numeric dtypes, allowed so that metadata such as an accuracy saved
-    as ``np.float64`` loads; they build plain numbers and import or run nothing else."""
+@functools.cache
+def _plain_globals() -> list:
+    """``argparse.Namespace`` and the constructors of numpy scalars and numeric dtypes: they build plain
+    data and import or run nothing else. Under numpy 2, numpy 1's name of the scalar constructor
+    (``numpy.core.multiarray.scalar``) is allowed too where torch accepts named entries."""
     core = getattr(np, "_core", None) or np.core
-    allowed = [core.multiarray.scalar, np.dtype]
+    allowed: list = [argparse.Namespace, core.multiarray.scalar, np.dtype]
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         allowed += [getattr(dtypes, f"{n}DType") for n in _NUMPY_NUMERIC if hasattr(dtypes, f"{n}DType")]
+    legacy = (core.multiarray.scalar, "numpy.core.multiarray.scalar")
+    if getattr(np, "_core", None) is not None and _accepts_named_globals(legacy):  # numpy 2
+        allowed.append(legacy)
     return allowed
+
+
+def _accepts_named_globals(entry: tuple) -> bool:
+    """Whether this torch allows a global under a given name (``(obj, "module.name")``, torch >= 2.6)."""
+    try:
+        from torch._weights_only_unpickler import _get_user_allowed_globals
+
+        with torch.serialization.safe_globals([entry]):
+            return entry[1] in _get_user_allowed_globals()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
 
 
 _NUMPY_NUMERIC = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",

@@ -45,6 +45,11 @@ class DataConfig(_Strict):
     )
     test_subset: int | None = Field(None, ge=1, description="use the first N test images")
     augment: bool = True
+    crop_padding: Literal["constant", "reflect"] | None = Field(
+        None,
+        description="border of the random crop's padding: constant (zeros) or reflect; None = the dataset's "
+        "own (reflect for CIFAR, zeros otherwise); no effect on datasets without a padded crop",
+    )
     drop_last: bool = True
     on_device: bool = Field(
         False,
@@ -121,13 +126,19 @@ class ScheduleConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Optimisation and runtime settings (defaults: the paper's CIFAR-100 recipe, SPEC §4.4)."""
+    """Optimisation and runtime settings (defaults: the letKD authors' CIFAR-100 protocol, SPEC §4.4;
+    a config's ``recipe`` may set ``nesterov`` and ``fresh_optimizer_per_stage``)."""
 
     epochs: int = Field(240, ge=1)
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
+    fresh_optimizer_per_stage: bool = Field(
+        False,
+        description="start a new optimizer (no momentum carried over) where a multi-stage method begins a "
+        "stage: AB/FSP after their init stage, as RepDistiller does",
+    )
     decay_norm_and_bias: bool = Field(
         True, description="weight decay also on biases, norm weights and scales (the paper's choice)"
     )
@@ -160,6 +171,9 @@ class RunConfig(_Strict):
     """A whole run: data, student model, optional teacher, method, supervision and training."""
 
     name: str | None = None
+    recipe: str | None = Field(
+        None, description="training recipe merged under this config: repdistiller or letkd (letkd.recipes)"
+    )
     seed: int = Field(0, ge=0)
     imports: list[str] = Field(
         default_factory=list,
@@ -251,7 +265,16 @@ def format_validation_error(exc: ValidationError, heading: str, prefix: str = ""
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
-    """Validate a plain dict as a :class:`RunConfig`; errors name the offending keys and ``source``."""
+    """Validate a plain dict as a :class:`RunConfig`; errors name the offending keys and ``source``.
+
+    A config naming a ``recipe`` gets the recipe's settings wherever it sets none (:mod:`letkd.recipes`).
+    """
+    from letkd.recipes import merge_recipe
+
+    try:
+        data = merge_recipe(data)
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"invalid config {source}: {exc.args[0]}") from None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

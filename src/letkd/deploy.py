@@ -73,13 +73,15 @@ def load_into_grafted(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
     grafted one loads completely. Raises ``RuntimeError`` for any other missing or unexpected key (nothing
     is loaded then). Returns the graft keys the state_dict did not provide.
     """
+    from letkd.models.weights import legacy_batchnorm_keys
+
     prefixes = tuple(f"{point.target}.{point.name}." for point in graft_points(model))
     expected = set(model.state_dict().keys())
     given = set(state_dict.keys())
-    # BatchNorm fills in a missing num_batches_tracked itself (checkpoints of old PyTorch versions lack it)
-    missing_base = sorted(
-        k for k in expected - given if not k.startswith(prefixes) and not k.endswith("num_batches_tracked")
-    )
+    # BatchNorm fills in num_batches_tracked for state_dicts of old PyTorch versions (as torch's strict load)
+    absent = expected - given
+    absent -= legacy_batchnorm_keys(model, state_dict, absent)
+    missing_base = sorted(k for k in absent if not k.startswith(prefixes))
     unexpected = sorted(given - expected)
     if missing_base or unexpected:
         raise RuntimeError(
@@ -110,8 +112,15 @@ def load_student(
     from letkd.checkpoints import CheckpointError, read_checkpoint
     from letkd.config import ConfigError
     from letkd.models import create_model, load_weights
-    from letkd.models.weights import extract_state_dict
+    from letkd.models.weights import extract_state_dict, value_layer_files
 
+    layers = value_layer_files(checkpoint)
+    if layers:
+        raise ConfigError(
+            f"{checkpoint} is a student network of the letKD authors' code whose KD layers are in "
+            f"{', '.join(p.name for p in layers)} (run at inference there); letkd cannot assemble them into "
+            "the network, and the network alone would give wrong predictions, so it is refused"
+        )
     content = read_checkpoint(checkpoint)
     state, info = extract_state_dict(content)
     meta = dict(info["meta"]) if isinstance(info.get("meta"), Mapping) else {}

@@ -14,7 +14,10 @@ examples:
 
 Checkpoints written by 'letkd train' carry the model name, the number of classes and the KD layers
 grafted into the student, so --model and --num-classes are optional for them; grafts are re-applied
-before the (strict) weight loading. Other files (RepDistiller/CRD, plain state_dicts) need --model.
+before the (strict) weight loading. Other files need --model: RepDistiller/CRD (ckpt_epoch_N.pth,
+<model>_best.pth, <model>_last.pth, PyTorch 0.4.0 ones included), mdistiller (student_best, best,
+latest, ...), the letKD authors' networks (<net>_net_epochN[.best]) and plain state_dicts; files saved
+on a GPU load on the CPU (docs/models.md, "Checkpoints").
 A published teacher (crd:resnet56, crd:wrn_40_2, ...: docs/models.md) is fetched into the cache; on the
 whole CIFAR-100 test set its top-1 must be within 0.2 points of the published figure (exit status 1 if not).
 """

@@ -1,9 +1,11 @@
 """Training sets for contrastive methods (CRD): each item also carries its index and sampled negatives.
 
 ``ContrastSampleDataset(dataset, num_negatives, seed)[i]`` is ``(image, label, {"index": i,
-"contrast_index": LongTensor(K+1)})`` where column 0 is ``i`` and the K negatives are drawn with replacement
-from the samples of *other* classes (RepDistiller's ``CIFAR100InstanceSample(mode='exact')``), or from all
-other samples when the dataset has no ``.targets``. The draw depends only on ``(seed, epoch, i)``, so a
+"contrast_index": LongTensor(K+1)})`` where column 0 is ``i`` and the K negatives are drawn from the samples
+of *other* classes (RepDistiller's ``CIFAR100InstanceSample(mode='exact')``), or from all other samples when
+the dataset has no ``.targets`` — without replacement, as RepDistiller's ``np.random.choice(..., replace=
+K > pool)``: K distinct samples whenever the pool holds K, with replacement only when it holds fewer (small
+datasets). The draw depends only on ``(seed, epoch, i)``, so a
 resumed run sees the same negatives; the trainer calls :meth:`ContrastSampleDataset.set_epoch` before each
 epoch (loaders of such datasets do not keep persistent workers, which would miss the new epoch).
 """
@@ -42,10 +44,11 @@ class ContrastSampleDataset(Dataset):
     def negatives(self, index: int) -> np.ndarray:
         """The K negative indices of sample ``index`` in the current epoch, ``(K,)``."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        k = self.num_negatives
         if self.labels is not None:
             pool = self._others[int(self.labels[index])]
-            return pool[rng.integers(0, len(pool), self.num_negatives)]
-        draw = rng.integers(0, len(self) - 1, self.num_negatives)
+            return pool[rng.choice(len(pool), k, replace=k > len(pool))]
+        draw = rng.choice(len(self) - 1, k, replace=k > len(self) - 1)
         return draw + (draw >= index)  # every index but ``index``
 
     def __getitem__(self, index: int):

@@ -128,12 +128,19 @@ def dataset_info(name: str) -> DatasetInfo:
     return _entry(name).info
 
 
-def get_transform(name: str, kind: str) -> Transform:
+def get_transform(name: str, kind: str, crop_padding: str | None = None) -> Transform:
     """The standard ``"train"`` (augmenting) or ``"test"`` transform of dataset ``name``: uint8 ``(3, H, W)``
-    → normalised float32 ``(3, S, S)``."""
+    → normalised float32 ``(3, S, S)``. ``crop_padding`` (``"constant"``: zeros, or ``"reflect"``)
+    replaces the border mode of a training transform's padded random crop; ``None`` keeps the dataset's."""
     entry = _entry(name)
     if kind == "train":
-        return entry.train_transform(entry.info)
+        transform = entry.train_transform(entry.info)
+        if crop_padding is not None and isinstance(transform, T.RandomCropFlipNormalize):
+            norm = transform.normalize
+            transform = T.crop_flip(
+                norm.mean, norm.std, transform.size, transform.padding, crop_padding, transform.flip
+            )
+        return transform
     if kind == "test":
         return entry.test_transform(entry.info)
     raise ValueError(f"transform kind must be 'train' or 'test', got {kind!r}")
@@ -145,12 +152,14 @@ def create_dataset(
     root: str | os.PathLike | None = None,
     transform: str | Transform | None = "auto",
     download: bool = False,
+    crop_padding: str | None = None,
 ) -> Dataset:
     """Dataset ``name``'s ``split``; items are ``(image float32 (3, H, W), label int)``.
 
     ``transform``: ``"auto"`` = the training transform for split "train", the test transform otherwise;
     ``"train"`` / ``"test"`` force one of them (``"test"`` on training images is what feature extraction
     uses); a callable on ``uint8 (3, H, W)`` tensors is used as is; ``None`` gives the raw ``uint8`` images.
+    ``crop_padding``: the border mode of the training transform's random crop (see :func:`get_transform`).
     Every dataset has ``.targets`` (list of int labels). Missing files raise :class:`DatasetNotFoundError`;
     with ``download=True`` CIFAR-10/100, Tiny-ImageNet and Fashion-MNIST are fetched first (docs/data.md).
     """
@@ -162,7 +171,7 @@ def create_dataset(
         if transform not in ("auto", "train", "test"):
             raise ValueError(f"transform must be 'auto', 'train', 'test', a callable or None: {transform!r}")
         kind = ("train" if split == "train" else "test") if transform == "auto" else transform
-        transform = get_transform(name, kind)
+        transform = get_transform(name, kind, crop_padding)
     elif transform is not None and not callable(transform):
         raise TypeError(f"transform must be a string, a callable or None, got {type(transform).__name__}")
     return entry.load(split, root=root, download=download, transform=transform)

@@ -140,6 +140,7 @@ def run_summary(cfg: RunConfig, progress: Progress, status: str, **extra: Any) -
     return {
         "status": status,
         "method": cfg.method.name,
+        "recipe": cfg.recipe,
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "epochs": cfg.train.epochs,

@@ -205,6 +205,9 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> None:
         t0 = time.perf_counter()
+        if self.cfg.train.fresh_optimizer_per_stage and epoch in self.distiller.stage_starts():
+            self.optimizer.state.clear()  # a new SGD: no momentum carried into the next stage
+            self._print(f"epoch {epoch + 1}: the method starts a new stage with a fresh optimizer")
         lr = lr_at_epoch(self.cfg.train, epoch)
         set_lr(self.optimizer, lr)
         train_stats, train_seconds = self.train_epoch(epoch)

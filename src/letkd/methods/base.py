@@ -162,6 +162,12 @@ class Distiller(nn.Module):
         """Called by the trainer before each training epoch with its 0-based index."""
         self.epoch = epoch
 
+    def stage_starts(self) -> list[int]:
+        """0-based epochs at which the method begins a new training stage (none by default; AB/FSP: the
+        first epoch after their init stage). With ``train.fresh_optimizer_per_stage`` the trainer starts a
+        new optimizer there."""
+        return []
+
     def forward_train(
         self, images: torch.Tensor, labels: torch.Tensor, **batch
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -7,6 +7,13 @@ use ``-a 0``: CE only). Here both stages live in one run: the first ``init_epoch
 ``train.epochs`` are the init stage (loss ``{"loss_init": weight · feature loss}``), the rest the main stage
 (``{"loss_ce", ["loss_kd"]}``). ``train.epochs`` therefore *includes* the init epochs: the CIFAR-100 configs
 run 270 = 30 + 240 epochs with the LR milestones moved by 30 (180/210/240).
+
+RepDistiller trains the two stages with two SGD optimizers (``helper/pretrain.py`` builds its own; the main
+stage starts a new one in ``train_student.py``): :meth:`InitStageDistiller.stage_starts` tells the trainer
+where the main stage begins, and ``train.fresh_optimizer_per_stage`` (the ``repdistiller`` recipe) drops
+the init stage's momentum there. One difference stays: RepDistiller keeps the student modules outside
+``get_feat_modules()`` (e.g. MobileNetV2's ``conv2``) in eval mode during its init stage, so their
+BatchNorm statistics start the main stage at their initial values; here they are updated from the start.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ class InitStageDistiller(FeaturePairDistiller):
     def in_init_stage(self) -> bool:
         """Whether the current epoch (see :meth:`set_epoch`) belongs to the init stage."""
         return self.epoch < self.params.init_epochs
+
+    def stage_starts(self) -> list[int]:
+        """The main stage begins at epoch ``init_epochs`` (none without an init stage)."""
+        return [self.params.init_epochs] if self.params.init_epochs > 0 else []
 
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """Init stage: ``{"loss_init"}``; main stage: ``{"loss_ce"}`` plus ``"loss_kd"`` if ``kd_weight``."""

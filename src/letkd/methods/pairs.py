@@ -28,7 +28,6 @@ from torch import nn
 from letkd.config import ConfigError
 from letkd.methods.base import Distiller, MethodContext, MethodParams
 from letkd.methods.features import paired_taps, resolve_taps, student_features, tap_shapes
-from letkd.taps import dummy_input, eval_mode
 
 Shape = tuple[int, ...]
 
@@ -55,8 +54,6 @@ class FeaturePairDistiller(Distiller):
     #: the taps paired when the params give none: all stages, the last stage, or the ``penultimate`` tap
     #: (the map the classifier pools, RepDistiller's ``feat[-1]`` before pooling)
     default_taps: ClassVar[Literal["all", "last", "penultimate"]] = "all"
-    #: read the student taps' outputs, or their inputs (pre-activations when the taps are ReLU modules)
-    student_reads: ClassVar[Literal["output", "input"]] = "output"
     #: whether :meth:`teacher_targets` also returns the teacher's logits (one whole teacher forward)
     reads_teacher_logits: ClassVar[bool] = False
 
@@ -120,22 +117,8 @@ class FeaturePairDistiller(Distiller):
 
     def student_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Student logits ``(B, classes)`` and its maps at :attr:`student_paths` (in the autograd graph)."""
-        if self.student_reads == "output":
-            logits, feats = student_features(self.student, self.student_paths, images)
-            return logits, [feats[p] for p in self.student_paths]
-        inputs: dict[str, torch.Tensor] = {}
-        hooks = [
-            self.student.get_submodule(p).register_forward_pre_hook(
-                lambda m, args, p=p: inputs.__setitem__(p, args[0].clone())  # an inplace ReLU follows
-            )
-            for p in self.student_paths
-        ]
-        try:
-            logits, _ = student_features(self.student, self.student_paths, images)
-        finally:
-            for h in hooks:
-                h.remove()
-        return logits, [inputs[p] for p in self.student_paths]
+        logits, feats = student_features(self.student, self.student_paths, images)
+        return logits, [feats[p] for p in self.student_paths]
 
     def teacher_targets(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's maps (no gradient), one per pair, then its logits ``(B, classes)`` when
@@ -174,42 +157,3 @@ def classifier_path(model: nn.Module, role: str, method: str) -> str:
     if not linears:
         raise ConfigError(f"{method}: the {role} {type(model).__name__} has no nn.Linear classifier to reuse")
     return linears[-1]
-
-
-@torch.no_grad()
-def preactivation_paths(
-    model: nn.Module, paths: Sequence[str], input_size, role: str, method: str
-) -> list[str]:
-    """For each tap, the ``nn.ReLU`` whose output *is* the tap's output (the tap itself when it
-    is one), found with one dummy forward; its input is the tap's pre-activation. Raises
-    :class:`ConfigError` for a tap not produced by such a ReLU."""
-    found: list[str] = []
-    with eval_mode(model):
-        for path in paths:
-            module = model.get_submodule(path)
-            if isinstance(module, nn.ReLU):
-                candidates = [path]
-            else:
-                candidates = [
-                    f"{path}.{n}" for n, m in module.named_modules() if n and isinstance(m, nn.ReLU)
-                ]
-            outputs: dict[str, object] = {}
-            hooks = [
-                model.get_submodule(c).register_forward_hook(
-                    lambda m, a, out, c=c, store=outputs: store.__setitem__(c, out)
-                )
-                for c in [path, *candidates]
-            ]
-            try:
-                model(dummy_input(model, input_size))
-            finally:
-                for h in hooks:
-                    h.remove()
-            match = [c for c in candidates if outputs.get(c) is outputs.get(path)]
-            if not match:
-                raise ConfigError(
-                    f"{method}: {role} tap {path!r} is not the output of an nn.ReLU, so its pre-activation "
-                    "cannot be read; give taps that name ReLU modules (their inputs are read)"
-                )
-            found.append(match[-1])
-    return found

@@ -2,14 +2,18 @@
 Feng, CVPR 2022).
 
 A projector (conv1×1 → BN → ReLU → conv3×3 → BN → ReLU → conv1×1 → BN → ReLU, no biases, middle width
-``C_t / factor``) maps the student's penultimate map to the teacher's width; loss
+``C_t / factor``) maps the student's last feature map to the teacher's width; loss
 ``weight · MSE(projected, f_t) + ce_weight · CE``. The student's predictions are the *teacher's* frozen
 classifier on the pooled projection, in training and at test time (:meth:`SimKD.forward_test`); the
 student's own classifier is unused. If the student's grid is larger it is pooled to the teacher's,
 otherwise the teacher map is pooled to the student's.
 
 Defaults (SimKD ``scripts/run_distill.sh``: ``--distill simkd -c 0 -d 0 -b 1``; ``SimKD(factor=2)``):
-``weight 1``, ``ce_weight 0``, ``factor 2``, taps = the ``penultimate`` tap (penultimate maps).
+``weight 1``, ``ce_weight 0``, ``factor 2``, taps = the last feature stage of each network: what SimKD's
+``train_student.py`` reads as ``feat_s[-2]`` / ``feat_t[-2]`` of RepDistiller's models (the map before the
+head's pooling *and* before any head layer: ShuffleV2 ``layer3`` (464 channels, not ``conv2``'s 1024),
+MobileNetV2 ``blocks.6`` (160, not ``conv2``'s 1280), WRN ``block3`` (before the final BN-ReLU), the ResNets'
+last ``layer``, ShuffleV1 ``layer3``).
 
 The deployed student is student backbone + projector + the teacher's classifier.
 :meth:`extra_parameters` counts the projector (the reused classifier replaces the student's own).
@@ -46,12 +50,12 @@ def projector(student_channels: int, teacher_channels: int, factor: int) -> nn.S
 class SimKD(FeaturePairDistiller):
     """Projected student features fed to the reused, frozen teacher classifier."""
 
-    default_taps = "penultimate"
+    default_taps = "last"  # RepDistiller's feat[-2]: the last stage's output (see the module docs)
     find_unused_parameters = True  # the student's own classifier gets no gradient
     standalone_student = False  # deployed with the projector and the teacher's classifier
 
     class Params(PairParams):
-        """``method.params`` of ``simkd``; ``None`` taps = the ``penultimate`` tap."""
+        """``method.params`` of ``simkd``; ``None`` taps = the last feature stage of each network."""
 
         weight: float = Field(1.0, ge=0)
         ce_weight: float = Field(0.0, ge=0)
@@ -69,7 +73,7 @@ class SimKD(FeaturePairDistiller):
 
     def check_pairs(self, student_shapes, teacher_shapes):
         if len(student_shapes) != 1:
-            raise ConfigError("simkd: takes one student tap and one teacher tap (the penultimate maps)")
+            raise ConfigError("simkd: takes one student tap and one teacher tap (the last feature maps)")
 
     def make_connector(self, i, student_shape, teacher_shape):
         """The projector to the teacher's width."""
@@ -83,7 +87,7 @@ class SimKD(FeaturePairDistiller):
         return s, F.adaptive_avg_pool2d(t, (s_h, s_h))
 
     def head(self, student_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected map ``(B, C_t, h, w)`` and logits ``(B, classes)`` from the student's penultimate map."""
+        """Projected map ``(B, C_t, h, w)`` and logits ``(B, classes)`` from the student's tapped map."""
         t_h = self.teacher_shapes[0][1]
         if student_map.shape[2] > t_h:
             student_map = F.adaptive_avg_pool2d(student_map, (t_h, t_h))

@@ -95,6 +95,10 @@ class MobileNetV2Cifar(nn.Module):
             "penultimate": "conv2",
             "classifier": "classifier.0",
         }
+        # RepDistiller's preact features (forward(preact=True) ignores the flag): the stages end in a
+        # linear bottleneck, so a stage's pre-activation is its output — the input of the next module
+        nxt = ["blocks.2", "blocks.3", "blocks.5", "conv2"]
+        self.preactivations = {stage: [after] for stage, after in zip(self.feature_stages, nxt)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W) -> (B, num_classes)`` logits."""

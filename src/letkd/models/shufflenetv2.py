@@ -2,7 +2,9 @@
 
 State-dict keys and forward maths follow RepDistiller's ``models/ShuffleNetv2.py``. Its ``F.relu`` calls
 are ReLU modules here (``relu2`` after ``conv2``/``bn2`` is the penultimate tap), and the final
-``avg_pool2d(4)`` is a global average (identical at 32×32 inputs).
+``avg_pool2d(4)`` is a global average (identical at 32×32 inputs). Each unit passes its untouched half
+through an ``nn.Identity`` (``passthrough``, no parameters) so that RepDistiller's ``preact`` features can be
+read from an unmodified forward: ``model.preactivations`` (used by AB).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ class ShuffleUnitV2(nn.Module):
         self.conv3 = nn.Conv2d(c, c, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(c)
         self.shuffle = ChannelShuffle(groups=2)
+        self.passthrough = nn.Identity()  # the untouched half: its input is read as part of a pre-activation
         self.relu1 = nn.ReLU(inplace=True)
         self.relu3 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = int(x.size(1) * self.split_ratio)
-        x1, x2 = x[:, :c], x[:, c:]
+        x1, x2 = self.passthrough(x[:, :c]), x[:, c:]
         out = self.relu1(self.bn1(self.conv1(x2)))
         out = self.bn2(self.conv2(out))
         out = self.relu3(self.bn3(self.conv3(out)))
@@ -108,6 +111,12 @@ class ShuffleNetV2(nn.Module):
             "intermediate": "layer3.0",
             "penultimate": "relu2",
             "classifier": "linear",
+        }
+        # RepDistiller's preact feature of a stage (forward(preact=True)): its last unit's passthrough half
+        # and the input of the unit's last ReLU, concatenated along channels before the shuffle
+        self.preactivations = {
+            stage: [f"{stage}.{len(layer) - 1}.passthrough", f"{stage}.{len(layer) - 1}.relu3"]
+            for stage, layer in (("layer1", self.layer1), ("layer2", self.layer2), ("layer3", self.layer3))
         }
 
     def _make_layer(self, out_channels: int, num_blocks: int) -> nn.Sequential:

@@ -4,7 +4,8 @@ beside the published number and the difference.
 The published numbers (Tables 1–3 of the letKD paper) live in ``paper_results.yaml`` next to this module,
 with the mapping from our model names to the paper's abbreviations (``resnet56`` → ``RN56``) and from our
 method labels to the paper's rows (``letkd2`` → ``letKD-2``). Runs that match no published cell still get a
-row or column of their own (paper value "—").
+row or column of their own (paper value "—"), and so do runs under another training recipe than the one
+the published row was obtained with (:func:`letkd.recipes.published_recipe`): ``KD [letkd recipe]``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from letkd.recipes import published_recipe
 from letkd.report.read import RunRecord
 from letkd.report.summary import GroupRow, summarize
 from letkd.utils import atomic_write_text
@@ -163,6 +165,8 @@ def _build(
         if not values:
             continue
         row = results.methods.get(group.label, group.label)
+        if group.recipe and group.recipe != published_recipe(group.label, dataset):
+            row = f"{row} [{group.recipe} recipe]"  # not the recipe of the published row: a row of its own
         for column in _columns_of(group, columns, results.models):
             if column not in columns:
                 columns.append(column)

@@ -80,6 +80,7 @@ class RunRecord:
     parameters: int | None = None
     extra_parameters: int | None = None
     seconds_per_epoch: float | None = None
+    recipe: str | None = None  # the config's training recipe (letkd.recipes), None when it names none
     best_top5: float | None = None
     last_top5: float | None = None
     epochs: list[int] = field(default_factory=list)
@@ -226,6 +227,7 @@ def read_run(folder: Path, include_unfinished: bool = False) -> RunRecord:
             summary.get("extra_parameters") if isinstance(summary.get("extra_parameters"), int) else None
         ),
         seconds_per_epoch=seconds,
+        recipe=str(config["recipe"]) if config.get("recipe") else None,
         best_top5=top5.get(best_epoch) if isinstance(best_epoch, int) else None,
         last_top5=last_top5,
         epochs=[e for e, _ in evaluated],

@@ -35,6 +35,7 @@ class GroupRow:
     runs: list[Path]
     curve: list[tuple[int, float]]  # (epoch, mean test top-1 over the runs that evaluated that epoch)
     display: str = ""  # method label as shown in the table (made unique within its dataset/teacher/student)
+    recipe: str | None = None  # the runs' training recipe (a group never mixes recipes: it is in the config)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -91,6 +92,7 @@ def summarize(records: Sequence[RunRecord]) -> list[GroupRow]:
                 seconds_per_epoch=statistics.fmean(seconds) if seconds else None,
                 runs=[r.path for r in runs],
                 curve=_mean_curve(runs),
+                recipe=first.recipe,
             )
         )
     _set_display_labels(rows)
@@ -98,14 +100,17 @@ def summarize(records: Sequence[RunRecord]) -> list[GroupRow]:
 
 
 def _set_display_labels(rows: list[GroupRow]) -> None:
-    """Label shown per row: the method label, plus the config name (and variant) where that is ambiguous."""
+    """Label shown per row: the method label and its recipe (``kd [repdistiller]``), plus the config name
+    (and variant) where that is ambiguous."""
     by_label: dict[tuple, list[GroupRow]] = {}
     for row in rows:
         by_label.setdefault((row.dataset, row.teacher, row.student, row.label), []).append(row)
     for same in by_label.values():
         for row in same:
-            row.display = row.label
-            if len(same) > 1:
-                row.display = f"{row.label} ({row.config})"
-                if sum(r.config == row.config for r in same) > 1:
-                    row.display = f"{row.label} ({row.config} #{row.variant})"
+            label = f"{row.label} [{row.recipe}]" if row.recipe else row.label
+            row.display = label
+            others = [r for r in same if r.recipe == row.recipe]
+            if len(others) > 1:
+                row.display = f"{label} ({row.config})"
+                if sum(r.config == row.config for r in others) > 1:
+                    row.display = f"{label} ({row.config} #{row.variant})"
