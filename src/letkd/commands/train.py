@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if _is_main():
         print(
-            f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
+            f"best top-1 {summary['best_top1']:.2f}% "
+            f"(epoch {summary['best_epoch'] + 1}/{summary['epochs']}), "
             f"last top-1 {summary['last_top1']:.2f}%, {summary['wall_seconds']:.0f} s; "
             f"run folder: {summary['run_dir']}"
         )
