@@ -159,7 +159,7 @@ def check_memory(
 ) -> None:
     """Refuse KD-layer settings whose supervision or targets cannot fit in this machine's memory."""
     have = available_memory()
-    batch = max(cfg.data.batch_size, cfg.supervision.extract_batch_size)
+    batch = cfg.data.batch_size
     for i, (layer, shape) in enumerate(zip(layers, teacher_shapes)):
         need, why = layer_memory(layer, num_classes, shape, batch)
         if need > have:

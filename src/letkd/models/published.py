@@ -267,7 +267,9 @@ def _fetch_from_sources(teacher: PublishedTeacher, cache: Path, dest: Path, veri
             cache.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         try:
-            others = [(t, cache / t.folder / FILE_NAME) for t in TEACHERS.values() if t is not teacher]
+            others = [
+                (t, cache / t.folder / FILE_NAME, _verifier(t)) for t in TEACHERS.values() if t is not teacher
+            ]
             for source in sources():
                 if dest.is_file():
                     break

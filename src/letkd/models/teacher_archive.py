@@ -76,9 +76,10 @@ class ArchiveSource:
         teacher: Teacher,
         dest: Path,
         verify: Callable[[Path, str], None],
-        others: list[tuple[Teacher, Path]] = (),  # type: ignore[assignment]
+        others: list[tuple[Teacher, Path, Callable[[Path, str], None]]] = (),  # type: ignore[assignment]
     ) -> None:
-        """Install ``teacher`` at ``dest`` (and the ``others`` that are missing) from the archive."""
+        """Install ``teacher`` at ``dest`` (and each of ``others``: (teacher, where, its check) when it is
+        missing) from the archive."""
         path = dest.parent.parent / self.filename
         was_cached = path.is_file()
         archive = fetch_file(self.url_, path, then=None, fix=self.fix, store="the teacher cache")
@@ -122,11 +123,11 @@ class ArchiveSource:
                     wanted = f"{teacher.folder}/{self.file_name}"
                     raise DownloadError(f"archive {archive} holds no {wanted}; it holds: {listing(names)}")
                 self._install(tf, members[name], archive, teacher, dest, verify)
-                for other, target in others:
+                for other, target, check in others:
                     other_name = member_for(names, other.folder, self.file_name)
                     if other_name is not None and not target.is_file():
                         try:
-                            self._install(tf, members[other_name], archive, other, target, verify)
+                            self._install(tf, members[other_name], archive, other, target, check)
                         except DownloadError:
                             pass
         except (tarfile.TarError, EOFError) as exc:

@@ -1,0 +1,86 @@
+"""Every row of :data:`bad_inputs.probe_rows.ROWS` through ``letkd.cli.main`` in-process: the exit status,
+one clean message (no traceback), nothing given to the command changed, nothing left where the command
+failed, and no code run from any file. No row reaches the network: the published sources and the dataset
+URLs point at a port where nothing listens."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from dataclasses import replace
+
+import pytest
+
+from bad_inputs.conftest import EXECUTED, ROOT, tree_digest
+from bad_inputs.probe_rows import ROWS, Row
+from letkd.cli import main
+from letkd.engine.rundir import claim_run_dir
+from local_http import dead_url
+
+
+@pytest.fixture()
+def offline(monkeypatch, tmp_path):
+    """No network for the row: every published teacher and dataset URL is a closed local port."""
+    from letkd.data import download
+    from letkd.models import published
+
+    dead = dead_url("/x")
+    monkeypatch.setattr(
+        published, "SOURCES", [published.FileSource(dead + "/{folder}/" + published.FILE_NAME)]
+    )
+    for name, archive in list(download.ARCHIVES.items()):
+        monkeypatch.setitem(download.ARCHIVES, name, replace(archive, url=f"{dead}/{archive.filename}"))
+    for var in ("LETKD_DATA", "LETKD_DATA_MIRROR", "LETKD_TEACHER_MIRROR", "LETKD_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LETKD_TEACHERS", str(tmp_path / "teachers"))
+    monkeypatch.setenv("LETKD_DOWNLOAD_RETRIES", "0")
+
+
+def run_row(row: Row, ws, monkeypatch, capsys) -> tuple[int, str, str]:
+    monkeypatch.chdir(ws)
+    argv = shlex.split(row.argv.replace("{root}", str(ROOT)))
+    hold = claim_run_dir(ws / row.hold, resume=True) if row.hold else contextlib.nullcontext()
+    capsys.readouterr()
+    with hold:
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def message(err: str) -> str:
+    """The one ``error:`` line with the indented lines of its list (exactly one error is printed)."""
+    lines = err.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    assert len(starts) == 1, err
+    block = [lines[starts[0]]]
+    block += [line for line in lines[starts[0] + 1 :] if line.startswith("  ")]
+    return "\n".join(block)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_probe_row(row, probe_workspace, offline, monkeypatch, capsys):
+    ws = probe_workspace
+    before = tree_digest(ws, skip=("out/", "files/precious.pt2"))
+    code, out, err = run_row(row, ws, monkeypatch, capsys)
+    assert "Traceback" not in out + err
+    assert code == row.code, err
+    if row.code == 2:  # a usage error from the argument parser
+        assert row.phrase in err
+    elif row.code:
+        assert row.phrase in message(err), err
+    else:
+        assert not [line for line in err.splitlines() if line.startswith("error:")], err
+        assert row.stdout in out, out
+        if row.warns:
+            assert any(line.startswith("warning:") and row.phrase in line for line in err.splitlines()), err
+    assert tree_digest(ws, skip=("out/", "files/precious.pt2")) == before  # nothing given was changed
+    assert not (ws / EXECUTED).exists()
+    for path in row.absent:
+        assert not (ws / path).exists(), f"{path} exists: work was done or debris left before the refusal"
+
+
+def test_the_rows_are_unique():
+    assert len({r.id for r in ROWS}) == len(ROWS)
