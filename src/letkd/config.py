@@ -285,7 +285,7 @@ def format_validation_error(
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         origin = f" (from the command line: {shown})" if shown else ""
         if err["type"] == "extra_forbidden":
-            hint = unknown_key_hint(model, err["loc"]) if model is not None else ""
+            hint = unknown_key_hint(model, err["loc"], prefix) if model is not None else ""
             lines.append(f"  unknown key '{loc}'{origin}{hint}")
         else:
             message = err["msg"].removeprefix("Value error, ")

@@ -91,7 +91,7 @@ def _distinct_containers(data: Any) -> list[Any]:
     return list(seen.values())
 
 
-def unknown_key_hint(model: Any, loc: tuple[Any, ...]) -> str:
+def unknown_key_hint(model: Any, loc: tuple[Any, ...], prefix: str = "") -> str:
     """``; did you mean 'train.epochs'?`` for an unknown key at ``loc`` of the pydantic ``model`` (the
     close matches among the keys allowed there), or ''."""
     for part in loc[:-1]:
@@ -105,5 +105,5 @@ def unknown_key_hint(model: Any, loc: tuple[Any, ...]) -> str:
         model = nested[0]
     allowed = list(getattr(model, "model_fields", {}))
     matches = difflib.get_close_matches(str(loc[-1]), allowed, n=2, cutoff=0.6)
-    prefix = "".join(f"{p}." for p in loc[:-1])
+    prefix += "".join(f"{p}." for p in loc[:-1])
     return f"; did you mean {' or '.join(repr(prefix + m) for m in matches)}?" if matches else ""
