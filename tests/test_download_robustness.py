@@ -98,7 +98,9 @@ def test_a_lock_whose_holder_makes_progress_is_waited_for(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(
-    "signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+    "signum, code, word",
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
+    ids=["DL3-SIGTERM", "DL2-SIGINT"],
 )
 def test_sigterm_and_ctrl_c_during_a_download_clean_up(signum, code, word, tmp_path, monkeypatch, capsys):
     real = http._one_attempt

@@ -84,3 +84,29 @@ def test_probe_row(row, probe_workspace, offline, monkeypatch, capsys):
 
 def test_the_rows_are_unique():
     assert len({r.id for r in ROWS}) == len(ROWS)
+
+
+def test_I23_inspect_after_following_the_fit_advice_names_the_edit(
+    probe_workspace, offline, monkeypatch, capsys
+):
+    """A run whose config.yaml K was edited: `letkd fit` of that config fits the new K, and `letkd inspect`
+    then says the checkpoint and the config disagree (not a raw tensor-size error)."""
+    import shutil
+
+    ws = probe_workspace
+    run = ws / "out" / "i23"
+    shutil.copytree(ws / "runs" / "ed_K", run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("cache_dir: runs/cache", "cache_dir: out/i23cache"))
+    fit = Row("I23a", "fit out/i23/config.yaml --device cpu --no-progress", 0, "")
+    code, out, err = run_row(fit, ws, monkeypatch, capsys)
+    assert code == 0 and "K=64" in out, err
+    inspect = Row(
+        "I23", "inspect out/i23 --images 2 --stats-images 16 --device cpu --out out/i23/pictures", 1, ""
+    )
+    code, out, err = run_row(inspect, ws, monkeypatch, capsys)
+    assert code == 1 and "Traceback" not in err
+    assert (
+        "has 32 templates but out/i23/config.yaml asks for 64: the config was edited after training"
+        in message(err)
+    )
