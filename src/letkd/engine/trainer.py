@@ -32,7 +32,7 @@ from letkd.deploy import graft_spec
 from letkd.engine import distributed as dist_utils
 from letkd.engine.distributed import DistInfo
 from letkd.engine.evaluation import autocast_context, batch_extras, batch_to_device, evaluate
-from letkd.engine.failures import NonFiniteLossError, divergence_hint, write_failure
+from letkd.engine.failures import NonFiniteLossError, divergence_hint, interrupted_message, write_failure
 from letkd.engine.host_memory import reuse_freed_host_memory
 from letkd.engine.metrics import SumMeter
 from letkd.engine.optim import build_optimizer, lr_at_epoch, set_lr
@@ -192,7 +192,8 @@ class Trainer:
             # interrupted epoch with the same data order, RNG, BatchNorm and optimizer state — exactly
             with contextlib.suppress(OSError):
                 self._finish(status="interrupted")
-            exc.args = (self._interrupted_message(epoch),)
+            done = self.progress.last_epoch + 1
+            exc.args = (interrupted_message(self.run_dir, epoch, done, self.cfg.train.epochs),)
             raise
         except Exception as exc:
             with contextlib.suppress(OSError):  # record it where the folder can still be written
@@ -203,20 +204,6 @@ class Trainer:
                 raise write_failure(exc, self.run_dir) from exc
             raise
         return self._finish(status="completed")
-
-    def _interrupted_message(self, epoch: int) -> str:
-        """Where an interrupted run stopped and how to go on, epochs counted from 1 as in the progress."""
-        total, done = self.cfg.train.epochs, self.progress.last_epoch + 1
-        where = f"in epoch {epoch + 1}/{total}"
-        if done == 0:
-            return (
-                f"{where}, before any epoch was saved; nothing to resume: run the same command again "
-                f"(it starts {self.run_dir} from the beginning)"
-            )
-        return (
-            f"{where}; {self.run_dir / LAST} holds epoch {done}/{total} (the epoch in progress is "
-            "discarded): --resume continues from there, as an uninterrupted run would"
-        )
 
     def _run_epoch(self, epoch: int) -> None:
         t0 = time.perf_counter()
