@@ -5,16 +5,13 @@ URLs point at a port where nothing listens."""
 
 from __future__ import annotations
 
-import contextlib
-import shlex
 from dataclasses import replace
 
 import pytest
 
-from bad_inputs.conftest import EXECUTED, ROOT, tree_digest
+from bad_inputs.conftest import EXECUTED, tree_digest
 from bad_inputs.probe_rows import ROWS, Row
-from letkd.cli import main
-from letkd.engine.rundir import claim_run_dir
+from bad_inputs.test_cli_cases import run_case
 from local_http import dead_url
 
 
@@ -36,20 +33,6 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("LETKD_DOWNLOAD_RETRIES", "0")
 
 
-def run_row(row: Row, ws, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.chdir(ws)
-    argv = shlex.split(row.argv.replace("{root}", str(ROOT)))
-    hold = claim_run_dir(ws / row.hold, resume=True) if row.hold else contextlib.nullcontext()
-    capsys.readouterr()
-    with hold:
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse usage errors
-            code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def message(err: str) -> str:
     """The one ``error:`` line with the indented lines of its list (exactly one error is printed)."""
     lines = err.splitlines()
@@ -64,7 +47,7 @@ def message(err: str) -> str:
 def test_probe_row(row, probe_workspace, offline, monkeypatch, capsys):
     ws = probe_workspace
     before = tree_digest(ws, skip=("out/", "files/precious.pt2"))
-    code, out, err = run_row(row, ws, monkeypatch, capsys)
+    code, out, err = run_case(row, ws, monkeypatch, capsys)
     assert "Traceback" not in out + err
     assert code == row.code, err
     if row.code == 2:  # a usage error from the argument parser
@@ -99,12 +82,12 @@ def test_I23_inspect_after_following_the_fit_advice_names_the_edit(
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("cache_dir: runs/cache", "cache_dir: out/i23cache"))
     fit = Row("I23a", "fit out/i23/config.yaml --device cpu --no-progress", 0, "")
-    code, out, err = run_row(fit, ws, monkeypatch, capsys)
+    code, out, err = run_case(fit, ws, monkeypatch, capsys)
     assert code == 0 and "K=64" in out, err
     inspect = Row(
         "I23", "inspect out/i23 --images 2 --stats-images 16 --device cpu --out out/i23/pictures", 1, ""
     )
-    code, out, err = run_row(inspect, ws, monkeypatch, capsys)
+    code, out, err = run_case(inspect, ws, monkeypatch, capsys)
     assert code == 1 and "Traceback" not in err
     assert (
         "has 32 templates but out/i23/config.yaml asks for 64: the config was edited after training"
