@@ -158,3 +158,31 @@ def test_G5_ctrl_c_of_a_sweep_then_the_sweep_again_gives_the_uninterrupted_resul
     assert again.returncode == 0, again.stdout + again.stderr
     resumed = weights(last.parent)
     assert all(torch.equal(resumed[k], v) for k, v in reference.items())  # the interruption cost nothing
+
+
+def test_ctrl_c_in_the_first_epoch_then_the_same_command_starts_afresh(
+    reference, workspace, tmp_path, monkeypatch, capsys
+):
+    from letkd.engine.trainer import Trainer
+
+    consume = Trainer._consume
+
+    def interrupted(self, pending, epoch, names, meter, bar):
+        if epoch == 0 and pending[0] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return consume(self, pending, epoch, names, meter, bar)
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setattr(Trainer, "_consume", interrupted)
+    run = tmp_path / "run"
+    argv = ["run", "configs/digits/kd.yaml", *THREE, "--out", run]
+    rc, err = letkd(argv, capsys)
+    assert (
+        rc == 130
+        and "in epoch 1/3, before any epoch was saved; nothing to resume: run the same command again" in err
+    )
+    monkeypatch.setattr(Trainer, "_consume", consume)
+    rc, err = letkd([*argv, "--resume"], capsys)  # --resume is fine too: the folder holds no trained epoch
+    assert rc == 0 and "starting it from the beginning" in err
+    resumed = weights(run)
+    assert all(torch.equal(resumed[k], v) for k, v in reference.items())
