@@ -82,11 +82,18 @@ def claim_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fals
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
         yield path
     finally:
-        if [p.name for p in path.iterdir()] == [LOCK]:
+        if _holds_only_the_lock(path):
             (path / LOCK).unlink(missing_ok=True)  # still locked: nobody else claims it meanwhile
             while path != created and _rmdir(path):
                 path = path.parent
         os.close(fd)  # releases the lock
+
+
+def _holds_only_the_lock(path: Path) -> bool:
+    try:
+        return [p.name for p in path.iterdir()] == [LOCK]
+    except OSError:
+        return False
 
 
 def _rmdir(path: Path) -> bool:
