@@ -355,24 +355,26 @@ def test_idx_corrupt_files_give_clear_errors(tmp_path):
 
 
 def test_download_fetches_missing_fashion_mnist(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tv_utils
+    import hashlib
+
+    from torchvision.datasets import FashionMNIST
+
+    from local_http import serve
 
     source = tmp_path / "source"
     arrays = _write_fashion(source)
-    fetched = []
-
-    def fake_download_url(url, root, filename=None, md5=None, **kwargs):
-        fetched.append((url, md5))
-        Path(root).mkdir(parents=True, exist_ok=True)
-        (Path(root) / filename).write_bytes((source / filename).read_bytes())
-
-    monkeypatch.setattr(tv_utils, "download_url", fake_download_url)
+    files = {f.name: f.read_bytes() for f in source.iterdir()}
+    resources = [(name, hashlib.md5(data).hexdigest()) for name, data in sorted(files.items())]
+    monkeypatch.setattr(FashionMNIST, "resources", resources)
     root = tmp_path / "store"
-    with pytest.raises(DatasetNotFoundError):
-        create_dataset("fashion_mnist", "train", root=root)
-    train = create_dataset("fashion_mnist", "train", root=root, download=True, transform=None)
-    assert train.targets == arrays["train-labels-idx1-ubyte"].tolist()
-    assert len(fetched) == 4 and all(md5 for _, md5 in fetched)
-    assert (root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()
-    create_dataset("fashion_mnist", "test", root=root, download=True)
-    assert len(fetched) == 4  # already there: nothing fetched again
+    with serve() as server:  # stands for torchvision's mirror
+        server.files.update({f"/fm/{name}": data for name, data in files.items()})
+        monkeypatch.setattr(FashionMNIST, "mirrors", [server.url("/fm/")])
+        with pytest.raises(DatasetNotFoundError):
+            create_dataset("fashion_mnist", "train", root=root)
+        train = create_dataset("fashion_mnist", "train", root=root, download=True, transform=None)
+        assert train.targets == arrays["train-labels-idx1-ubyte"].tolist()
+        assert sum(server.requests.values()) == 4  # each file once, md5-checked
+        assert (root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+        create_dataset("fashion_mnist", "test", root=root, download=True)
+        assert sum(server.requests.values()) == 4  # already there: nothing fetched again

@@ -146,14 +146,26 @@ def test_checksum_mismatch_is_refused_and_nothing_is_left(server, tmp_path, monk
     assert _left_over(tmp_path) == []
 
 
-def test_interrupted_download_is_discarded_and_a_rerun_recovers(server, tmp_path, monkeypatch):
+def test_an_interrupted_transfer_is_retried_and_nothing_is_left(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("letkd.data.http.BACKOFF_SECONDS", 0.01)
     data, train_labels = cifar100_archive()
     path = _publish(server, monkeypatch, "cifar100", data)
-    server.cut.add(path)  # the first transfer stops halfway
-    with pytest.raises(DownloadError, match="refused and deleted"):
-        create_dataset("cifar100", "train", root=tmp_path, download=True)
-    assert _left_over(tmp_path) == []
+    server.cut.add(path)  # the first transfer stops halfway: retried at once
     train = create_dataset("cifar100", "train", root=tmp_path, transform=None, download=True)
+    assert train.targets == train_labels and server.requests[path] == 2
+    assert "the transfer stopped after" in capsys.readouterr().err
+    assert not [p for p in _left_over(tmp_path) if any(m in p for m in TEMP_MARKS)]
+
+
+def test_without_retries_a_cut_transfer_fails_cleanly_and_a_rerun_recovers(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LETKD_DOWNLOAD_RETRIES", "0")
+    data, train_labels = cifar100_archive()
+    path = _publish(server, monkeypatch, "cifar100", data)
+    server.cut.add(path)
+    with pytest.raises(DownloadError, match=r"the transfer stopped after \d+ of \d+ bytes"):
+        create_dataset("cifar100", "train", root=tmp_path / "d", download=True)
+    assert not (tmp_path / "d").exists()  # the data folder made for it is gone again
+    train = create_dataset("cifar100", "train", root=tmp_path / "d", transform=None, download=True)
     assert train.targets == train_labels and server.requests[path] == 2
 
 
@@ -178,15 +190,16 @@ def test_imagenet_is_bring_your_own(tmp_path):
         dl.download_dataset("imagenet", tmp_path)
 
 
-def test_an_incomplete_folder_in_the_way_is_not_replaced(server, tmp_path, monkeypatch):
+def test_an_incomplete_folder_in_the_way_is_named_before_any_download(server, tmp_path, monkeypatch):
     data, _ = cifar100_archive()
-    _publish(server, monkeypatch, "cifar100", data)
+    path = _publish(server, monkeypatch, "cifar100", data)
     (tmp_path / "cifar-100-python").mkdir()
     (tmp_path / "cifar-100-python" / "train").write_bytes(b"mine")
-    with pytest.raises(DownloadError, match="already exists but is not usable .*missing test.*move it away"):
+    with pytest.raises(DownloadError, match="cifar-100-python is in the way: .*missing test.*move it away"):
         create_dataset("cifar100", "train", root=tmp_path, download=True)
     assert (tmp_path / "cifar-100-python" / "train").read_bytes() == b"mine"
-    assert _left_over(tmp_path) == ["cifar-100-python", "cifar-100-python.tar.gz", "cifar-100-python/train"]
+    assert _left_over(tmp_path) == ["cifar-100-python", "cifar-100-python/train"]
+    assert server.requests[path] == 0  # nothing was downloaded that could not be extracted
 
 
 def test_download_flags_of_train_run_and_eval(server, tmp_path, monkeypatch, capsys):
@@ -194,7 +207,8 @@ def test_download_flags_of_train_run_and_eval(server, tmp_path, monkeypatch, cap
 
     def fake_train(cfg, **kwargs):
         seen["train"] = cfg.data.download
-        return {"best_top1": 1.0, "best_epoch": 1, "last_top1": 1.0, "wall_seconds": 0, "run_dir": "x"}
+        summary = {"best_top1": 1.0, "best_epoch": 1, "epochs": 2, "last_top1": 1.0, "wall_seconds": 0}
+        return summary | {"run_dir": "x"}
 
     def fake_run(cfg, **kwargs):
         seen["run"] = cfg.data.download

@@ -157,17 +157,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
 
-def test_keyboard_interrupt_saves_resumable_checkpoint(tmp_path):
-    trainer = synthetic_trainer(tmp_path, synthetic_cfg(), Interrupted)
-    with pytest.raises(KeyboardInterrupt):
+def test_keyboard_interrupt_keeps_the_exact_checkpoint_and_resumes_exactly(tmp_path):
+    reference = synthetic_trainer(tmp_path / "ref", synthetic_cfg())
+    reference.fit()
+    trainer = synthetic_trainer(tmp_path / "run", synthetic_cfg(), Interrupted)
+    with pytest.raises(KeyboardInterrupt) as err:
         trainer.fit()
-    last = load_checkpoint(tmp_path / "last.pt")
-    assert last["epoch"] == 0 and last["meta"]["interrupted"] == {"epoch": 1, "step": 1}
-    weights = trainer.distiller.student.state_dict()
-    assert all(torch.equal(weights[k], v) for k, v in last["model"].items())  # mid-epoch progress is kept
-    fresh = synthetic_trainer(tmp_path, synthetic_cfg())
+    # counted from 1 as in the progress lines; last.pt is still the end of epoch 1, not a mid-epoch snapshot
+    assert "in epoch 2/3" in str(err.value) and "holds epoch 1/3" in str(err.value), err.value
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_done"]) == ("interrupted", 1)
+    fresh = synthetic_trainer(tmp_path / "run", synthetic_cfg())
     assert fresh.resume() == 1
     assert fresh.fit()["epochs_done"] == 3
+    resumed, uninterrupted = fresh.distiller.student.state_dict(), reference.distiller.student.state_dict()
+    assert all(torch.equal(resumed[k], v) for k, v in uninterrupted.items())  # bit-exact
 
 
 def test_resume_refuses_missing_or_corrupt_checkpoint(tmp_path):

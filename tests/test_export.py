@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -34,8 +36,14 @@ def grafted_checkpoint(tmp_path_factory):
 def test_export_pt2_and_onnx_match_the_grafted_model(grafted_checkpoint, tmp_path, capsys):
     path, model = grafted_checkpoint
     out = tmp_path / "student.pt2"
-    assert main(["export", str(path), "--out", str(out), "--onnx"]) == 0
+    mask = os.umask(0o027)
+    try:
+        assert main(["export", str(path), "--out", str(out), "--onnx"]) == 0
+    finally:
+        os.umask(mask)
     assert "graft layer3.0" in capsys.readouterr().out
+    for written in (out, out.with_suffix(".onnx")):  # both follow the umask, like every other artefact
+        assert written.stat().st_mode & 0o777 == 0o640, oct(written.stat().st_mode)
     program = torch.export.load(out)
     x = torch.randn(5, 3, 32, 32)  # another batch size than the export example: the batch is dynamic
     with torch.no_grad():

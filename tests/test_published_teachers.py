@@ -90,8 +90,7 @@ def test_the_release_archive_installs_every_teacher_it_holds(server, cache, monk
     monkeypatch.setattr(pub, "TEACHERS", {a: PublishedTeacher(a, 70.0) for a in ("resnet56", "resnet8")})
     files = {f"cifar_teachers/{a}_vanilla/{CKPT}": repdistiller_file(a)[0] for a in ("resnet56", "resnet8")}
     server.files["/release/cifar_teachers.tar"] = _tar(files)
-    member = "cifar_teachers/{folder}/" + CKPT
-    source = ArchiveSource(server.url("/release/cifar_teachers.tar"), "cifar_teachers.tar", member)
+    source = ArchiveSource(server.url("/release/cifar_teachers.tar"), "cifar_teachers.tar", CKPT)
     monkeypatch.setattr(pub, "SOURCES", [source])
     path = pub.resolve_teacher_checkpoint("crd:resnet8", cache_dir=cache)
     assert path == cache / "resnet8_vanilla" / CKPT
@@ -109,19 +108,24 @@ def test_the_next_source_is_tried_and_offline_lists_every_url(server, cache, mon
     assert _same_weights(pub.resolve_teacher_checkpoint("crd:resnet56"), state, "resnet56")
 
     monkeypatch.delenv(pub.MIRROR_ENV)
-    archive = ArchiveSource(dead_url("/cifar_teachers.tar"), "cifar_teachers.tar", "x/{folder}/" + CKPT)
+    archive = ArchiveSource(dead_url("/cifar_teachers.tar"), "cifar_teachers.tar", CKPT)
     monkeypatch.setattr(pub, "SOURCES", [archive, FileSource(dead)])
     with pytest.raises(DownloadError) as err:
         pub.resolve_teacher_checkpoint("crd:wrn_40_2")
-    msg = str(err.value)
-    assert archive.url_ in msg and dead.format(folder="wrn_40_2_vanilla") in msg
-    assert str(cache / "wrn_40_2_vanilla" / CKPT) in msg and "no connection" in msg
+    assert isinstance(err.value, pub.TeacherFetchError)
+    head, *items, advice = str(err.value).splitlines()  # a short list: one line per source, advice once
+    assert head == "cannot fetch published teacher crd:wrn_40_2 from any source:"
+    assert items[0].startswith(f"  - {archive.url_}: no connection")
+    assert items[1].startswith(f"  - {dead.format(folder='wrn_40_2_vanilla')}: no connection")
+    assert str(cache / "wrn_40_2_vanilla" / CKPT) in advice and str(err.value).count("Without a network") == 1
     assert _files(cache) == [f"resnet56_vanilla/{CKPT}"]
+    assert [p.name for p in cache.iterdir()] == ["resnet56_vanilla"]  # no empty folder for wrn_40_2
     with pytest.raises(PublishedTeacherError, match=f"not in the cache: put .* at {cache}"):
         pub.resolve_teacher_checkpoint("crd:wrn_40_2", download=False)
 
 
 def test_a_wrong_or_truncated_file_is_refused_and_a_rerun_recovers(server, cache, monkeypatch):
+    monkeypatch.setenv("LETKD_DOWNLOAD_RETRIES", "0")
     route = f"/repo/resnet56_vanilla/{CKPT}"
     monkeypatch.setattr(pub, "SOURCES", [FileSource(server.url("/repo/{folder}/" + CKPT))])
     server.files[route] = repdistiller_file("resnet20")[0]  # another architecture under the name
@@ -130,7 +134,7 @@ def test_a_wrong_or_truncated_file_is_refused_and_a_rerun_recovers(server, cache
     assert _files(cache) == []
     server.files[route], state = repdistiller_file("resnet56")
     server.cut.add(route)  # the transfer stops halfway
-    with pytest.raises(DownloadError, match="no usable resnet56"):
+    with pytest.raises(DownloadError, match="the transfer stopped after"):
         pub.resolve_teacher_checkpoint("crd:resnet56")
     assert _files(cache) == []
     assert _same_weights(pub.resolve_teacher_checkpoint("crd:resnet56"), state, "resnet56")
@@ -150,6 +154,8 @@ def test_names_the_table_and_cache_location(tmp_path, monkeypatch):
         pub.resolve_teacher_checkpoint("crd:resnet57")
     with pytest.raises(PublishedTeacherError, match="is a resnet56, but teacher.name is 'resnet110'"):
         pub.resolve_teacher_checkpoint("crd:resnet56", arch="resnet110")
+    with pytest.raises(PublishedTeacherError, match="set teacher.name=resnet56 or pick one of crd:"):
+        pub.resolve_teacher_checkpoint("crd:resnet56", arch="resnet20")  # no crd:resnet20 to suggest
     assert {t.top1 for t in pub.TEACHERS.values()} == {75.61, 72.34, 74.31, 79.42, 79.34, 74.64}
     assert all(t.num_classes == 100 for t in pub.TEACHERS.values())
     monkeypatch.delenv(pub.CACHE_ENV, raising=False)
@@ -194,6 +200,8 @@ def test_run_pipeline_resolves_and_checks_a_crd_teacher(server, cache, tmp_path,
         raise Distilling
 
     monkeypatch.setattr(pipeline, "build_datasets", datasets)
+    monkeypatch.setattr("letkd.preflight._find_dataset", lambda cfg: None)  # no CIFAR-100 here
+    monkeypatch.setattr(pipeline, "check_subsets", lambda cfg: None)
     cfg = _kd_config(tmp_path)
     assert cfg.teacher.checkpoint == "crd:resnet56"
     with pytest.raises(Distilling):

@@ -16,16 +16,17 @@ from test_report import make_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = {
-    "status": "completed", "teacher_top1": 97.5, "best_top1": 85.5555, "best_epoch": 1, "last_top1": 84.0,
-    "extra_parameters": 33_296, "wall_seconds": 12.4, "run_dir": "runs/digits-letkd1/20261208-011914",
+    "status": "completed", "teacher_top1": 97.5, "best_top1": 85.5555, "best_epoch": 1, "epochs": 3,
+    "last_top1": 84.0, "extra_parameters": 33_296, "wall_seconds": 12.4,
+    "run_dir": "runs/digits-letkd1/20261208-011914",
 }  # fmt: skip
 
 
 def test_summary_line_reads_as_a_sentence():
     line = summary_line(SUMMARY)
     assert line == (
-        "teacher top-1 97.50%; best top-1 85.56% (epoch 1), last top-1 84.00%, 33,296 extra parameters kept "
-        "in the student, 12 s; run folder: runs/digits-letkd1/20261208-011914"
+        "teacher top-1 97.50%; best top-1 85.56% (epoch 2/3), last top-1 84.00%, 33,296 extra parameters "
+        "kept in the student, 12 s; run folder: runs/digits-letkd1/20261208-011914"
     )
     bare = summary_line({**SUMMARY, "teacher_top1": None, "extra_parameters": 0})
     assert bare.startswith("best top-1 85.56%") and "extra" not in bare

@@ -121,7 +121,8 @@ def letkd(args: list[str], log: Path, env: dict, timeout: float) -> int:
 
 
 def wait(proc: subprocess.Popen, deadline: float) -> int:
-    """Wait for ``proc`` until ``deadline``; then SIGINT (the trainer saves last.pt), and kill 20 s later."""
+    """Wait for ``proc`` until ``deadline``; then SIGINT (last.pt keeps the last completed epoch), and kill
+    20 s later."""
     try:
         return proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
     except subprocess.TimeoutExpired:

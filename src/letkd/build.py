@@ -222,6 +222,24 @@ def check_run(cfg: RunConfig, params: MethodParams, num_classes: int) -> None:
             if pool:
                 t_shape = (t_shape[0], t_shape[1] // 2, t_shape[2] // 2)
             check_same_grid(student_taps[0], s_shape, teacher_taps[0], t_shape, pool)
+        _check_template_memory(cfg, params, teacher, input_size, num_classes)
+
+
+def _check_template_memory(
+    cfg: RunConfig, params: MethodParams, teacher, input_size, num_classes: int
+) -> None:
+    """KD layers (templates, sub-classes) whose supervision or targets would not fit in memory are refused."""
+    from letkd.methods.features import resolve_taps, tap_shapes
+    from letkd.preflight import check_memory
+
+    layers = [
+        layer
+        for layer in getattr(params, "layers", None) or []
+        if hasattr(layer, "num_templates") or hasattr(layer, "subclasses_per_class")
+    ]
+    if layers:
+        paths = resolve_taps(teacher, [layer.teacher_tap for layer in layers], "teacher")
+        check_memory(cfg, layers, tap_shapes(teacher, paths, input_size, "teacher"), num_classes)
 
 
 def _tap_pairs(params: MethodParams) -> list[tuple[list[str], list[str], bool | None]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 # sub-command name -> module under letkd.commands providing add_parser(subparsers)
@@ -90,21 +91,61 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    previous = _terminate_gracefully()
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"{interrupted_message(exc)}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # noqa: BLE001  (the one place that turns any failure into one line)
         if debug:
             raise
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a scheduler ending a job): handled like Ctrl-C, so that temporary files are
+    removed and a training run records where it stopped before the process ends (exit status 143)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated("terminated (SIGTERM)")
+
+
+def _terminate_gracefully():
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread, default handler only);
+    return the handler to put back, or None."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def interrupted_message(exc: KeyboardInterrupt) -> str:
+    """What an interrupted command says: where it stopped (when the interrupted stage said so) and how to
+    go on."""
+    said = str(exc.args[0]) if exc.args else ""
+    how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    if said and not said.startswith("terminated"):
+        return f"{how}: {said}"
+    return f"{how}: run the same command again to go on (finished stages and downloads are kept and reused)"
 
 
 def error_message(exc: BaseException) -> str:
-    """One line for ``exc``: its message, prefixed by its type where the type says something the message
-    does not (a ``ValueError`` or ``RuntimeError`` is just its message)."""
+    """The text printed after ``error:``: one line — its message, prefixed by its type where the type says
+    something the message does not (a ``ValueError`` or ``RuntimeError`` is just its message) — or, for a
+    :class:`~letkd.errors.ListedError`, its headline followed by its items, one per line."""
+    from letkd.errors import ListedError
+
+    if isinstance(exc, ListedError):
+        return str(exc)
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     text = " ".join(text.split()) or type(exc).__name__
     plain = (ValueError, RuntimeError, KeyError, Exception)

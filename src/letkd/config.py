@@ -4,32 +4,65 @@ Configs are data: they name models, datasets and methods by registry name; nothi
 and ``imports`` names modules (of one's own methods, models, datasets) that are imported before anything is
 built (:mod:`letkd.plugins`). Unknown keys are errors that name the key and the file.
 
-File paths a config names (:data:`PATH_KEYS`) are relative to the folder of the file that names them, and
-paths given as ``key=value`` overrides are relative to the working directory; :func:`load_config` makes them
-absolute, so a loaded config (and the ``config.yaml`` a run folder keeps) means the same from any folder.
+File paths a config names (:data:`letkd.config_files.PATH_KEYS`) are relative to the folder of the file
+that names them, and paths given as ``key=value`` overrides are relative to the working directory;
+:func:`load_config` makes them absolute, so a loaded config (and the ``config.yaml`` a run folder keeps)
+means the same from any folder.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import sys
+import unicodedata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from letkd.errors import LetkdError
+from letkd.config_files import absolute_paths, check_expanded_size, read_yaml_file, unknown_key_hint
+from letkd.errors import ConfigError
 
-
-class ConfigError(LetkdError, ValueError):
-    """A config file or override is invalid; the message says where and why."""
+#: the largest run seed: every consumer (torch, numpy's legacy seeding, samplers) takes 32 bits
+MAX_SEED = 2**32 - 1
+#: the largest supervision seed: faiss K-means takes a C int, and sub-class fits add the class index
+MAX_SUPERVISION_SEED = 2**30
+#: a run name becomes folder and log-file names (255 bytes at most on common file systems)
+MAX_NAME_BYTES = 120
+#: more classes than any dataset has (ImageNet-21k: 21,841); a larger count is a typo
+MAX_CLASSES = 1_000_000
 
 
 class _Strict(BaseModel):
     # unknown keys are errors; NaN and ±inf are refused wherever a float is expected
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # YAML's true/false would otherwise count as 1/0 where a number is expected
+        if isinstance(v, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if _takes_number(annotation) and not _takes(annotation, bool):
+                raise ValueError(f"expected a number, got {str(v).lower()}")
+        return v
+
+
+def _takes(annotation: Any, kind: type) -> bool:
+    return annotation is kind or kind in get_args(annotation)
+
+
+def _takes_number(annotation: Any) -> bool:
+    return _takes(annotation, int) or _takes(annotation, float)
+
+
+def _path_value(v: Any) -> Any:
+    """A path or name field: YAML reads ``crd:`` (a colon at the end) as a mapping, say so."""
+    if isinstance(v, dict):
+        raise ValueError(
+            f"got a mapping ({v!r}), not a path or name: YAML reads a value ending in ':' as a mapping; "
+            "give the whole name (e.g. crd:resnet56) or quote it"
+        )
+    return v
 
 
 class DataConfig(_Strict):
@@ -65,9 +98,16 @@ class ModelConfig(_Strict):
     """A network from the zoo (``resnet20``, ``torchvision:resnet18``, ``timm:...``)."""
 
     name: str = "resnet8"
-    num_classes: int | None = Field(None, ge=1, description="None = the dataset's number of classes")
+    num_classes: int | None = Field(
+        None, ge=1, le=MAX_CLASSES, description="None = the dataset's number of classes"
+    )
     checkpoint: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _checkpoint_is_a_name(cls, v: Any) -> Any:
+        return _path_value(v)
 
 
 class TeacherConfig(ModelConfig):
@@ -87,6 +127,11 @@ class TeacherConfig(ModelConfig):
         True, description="fold the frozen teacher's BatchNorm layers into its convolutions (untapped ones)"
     )
 
+    @field_validator("train_config", mode="before")
+    @classmethod
+    def _train_config_is_a_path(cls, v: Any) -> Any:
+        return _path_value(v)
+
 
 class MethodConfig(_Strict):
     """The distillation method by registry name; ``params`` are validated by the method itself."""
@@ -98,7 +143,9 @@ class MethodConfig(_Strict):
 class SupervisionConfig(_Strict):
     """How teacher-side supervision (codebooks, sub-classes) is fitted offline."""
 
-    cache_dir: str = "artifacts"
+    cache_dir: str = Field(
+        "artifacts", min_length=1, description="folder of the supervision cache ('.' = the current one)"
+    )
     kmeans_iters: int = Field(20, ge=1)
     max_rows: int | None = Field(
         None,
@@ -107,7 +154,7 @@ class SupervisionConfig(_Strict):
         "(the paper's setting, used by the paper configs); smaller = a seeded sample of about that size",
     )
     extract_batch_size: int = Field(256, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SUPERVISION_SEED, description="K-means seeds (faiss takes 31 bits)")
 
 
 class ScheduleConfig(_Strict):
@@ -174,7 +221,7 @@ class RunConfig(_Strict):
     recipe: str | None = Field(
         None, description="training recipe merged under this config: repdistiller or letkd (letkd.recipes)"
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="every random choice of the run derives from it")
     imports: list[str] = Field(
         default_factory=list,
         description="modules to import before building (your own methods, models, datasets); "
@@ -190,9 +237,19 @@ class RunConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str | None) -> str | None:
-        # the name becomes a folder under runs/: nothing that leaves it
-        if v is not None and (not v.strip() or "/" in v or "\\" in v or v in (".", "..") or "\0" in v):
+        # the name becomes a folder under runs/ (and part of log file names): nothing that leaves it,
+        # breaks a table or a shell line, or exceeds what file systems take
+        if v is None:
+            return v
+        if not v.strip() or "/" in v or "\\" in v or v in (".", ".."):
             raise ValueError("must be a plain folder name (no '/', '\\', '..' or empty name)")
+        if any(unicodedata.category(c) == "Cc" for c in v):
+            raise ValueError("must not hold control characters (a newline, a tab, NUL, ...)")
+        if len(v.encode()) > MAX_NAME_BYTES:
+            raise ValueError(
+                f"is {len(v.encode())} bytes long; a run name becomes a folder and file names, at most "
+                f"{MAX_NAME_BYTES} bytes (UTF-8)"
+            )
         return v
 
     @field_validator("imports", mode="before")
@@ -252,25 +309,48 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def format_validation_error(exc: ValidationError, heading: str, prefix: str = "") -> str:
-    """A pydantic error as ``heading:`` and one line per problem, keys shown as ``<prefix><dotted key>``."""
+def format_validation_error(
+    exc: ValidationError,
+    heading: str,
+    prefix: str = "",
+    model: Any = None,
+    overrides: list[str] | None = None,
+) -> str:
+    """A pydantic error as ``heading:`` and one line per problem, keys shown as ``<prefix><dotted key>``.
+
+    With ``model`` (the validated class) an unknown key gets the close matches of its section; a key set by
+    one of ``overrides`` is said to come from the command line.
+    """
+    given = {text.split("=", 1)[0]: text for text in overrides or []}
     lines = [f"{heading}:"]
     for err in exc.errors():
-        loc = prefix + ".".join(str(p) for p in err["loc"])
+        dotted = ".".join(str(p) for p in err["loc"])
+        loc = prefix + dotted
+        shown = given.get(dotted, "")
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        origin = f" (from the command line: {shown})" if shown else ""
         if err["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{loc}'")
+            hint = unknown_key_hint(model, err["loc"], prefix) if model is not None else ""
+            lines.append(f"  unknown key '{loc}'{origin}{hint}")
         else:
-            lines.append(f"  {loc}: {err['msg']}")
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {loc}: {message}{origin}")
     return "\n".join(lines)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
-    """Validate a plain dict as a :class:`RunConfig`; errors name the offending keys and ``source``.
+def config_from_dict(
+    data: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None
+) -> RunConfig:
+    """Validate a plain dict as a :class:`RunConfig`; errors name the offending keys and ``source`` (and
+    which of ``overrides``, the command line's ``key=value`` items, set them).
 
-    A config naming a ``recipe`` gets the recipe's settings wherever it sets none (:mod:`letkd.recipes`).
+    A config naming a ``recipe`` gets the recipe's settings wherever it sets none (:mod:`letkd.recipes`). A
+    dict whose shared parts would expand it far beyond its size is refused
+    (:func:`letkd.config_files.check_expanded_size`).
     """
     from letkd.recipes import merge_recipe
 
+    check_expanded_size(data, source)
     try:
         data = merge_recipe(data)
     except (KeyError, TypeError) as exc:
@@ -278,42 +358,27 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, f"invalid config {source}")) from None
-
-
-#: the config entries that hold file paths: relative ones are resolved as the module docstring says
-PATH_KEYS = (
-    ("model", "checkpoint"),
-    ("teacher", "checkpoint"),
-    ("teacher", "train_config"),
-    ("data", "root"),
-)
-_SCHEME = re.compile(r"[A-Za-z][\w+.-]+:")  # crd:resnet56, torchvision:..., https://: names, not paths
+        text = format_validation_error(exc, f"invalid config {source}", model=RunConfig, overrides=overrides)
+        raise ConfigError(text) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (``yaml.safe_load``), apply overrides, validate, import its ``imports``.
+    """Read a YAML config (``yaml.safe_load``, bounded: :func:`letkd.config_files.read_yaml_file`), apply
+    overrides, validate, import its ``imports``.
 
-    ``name`` defaults to the file stem (prefixed by its folder name). The paths of :data:`PATH_KEYS` come
-    back absolute: those in the file resolved against the file's folder, those in overrides against the
-    working directory.
+    ``name`` defaults to the file stem (prefixed by its folder name). The paths of
+    :data:`~letkd.config_files.PATH_KEYS` come back absolute: those in the file resolved against the file's
+    folder, those in overrides against the working directory.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+    data = read_yaml_file(path)
     if data is None:
         raise ConfigError(f"{path}: the config is empty (a run needs at least data, model and method)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    data = _absolute_paths(data, path)
-    data = _absolute_paths(apply_overrides(data, overrides or []), None)
-    cfg = config_from_dict(data, str(path))
+    data = absolute_paths(data, path)
+    data = absolute_paths(apply_overrides(data, overrides or []), None)
+    cfg = config_from_dict(data, str(path), overrides)
     if cfg.name is None:
         cfg.name = path.stem if path.parent.name in ("", ".") else f"{path.parent.name}-{path.stem}"
     if cfg.imports:
@@ -321,39 +386,3 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
         import_modules(cfg.imports, str(path))
     return cfg
-
-
-def _absolute_paths(data: dict[str, Any], config_path: Path | None) -> dict[str, Any]:
-    """``data`` with the relative paths of :data:`PATH_KEYS` made absolute: against the folder of
-    ``config_path`` (the file that names them), or against the working directory when it is None."""
-    for section, key in PATH_KEYS:
-        node = data.get(section)
-        value = node.get(key) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and not _SCHEME.match(value):
-            node[key] = str(resolve_config_path(config_path, value, f"{section}.{key}"))
-    return data
-
-
-def resolve_config_path(config_path: Path | None, value: str, key: str = "a path") -> Path:
-    """Where the path ``value`` written in ``config_path`` points (absolute, ``~`` expanded).
-
-    Relative paths are relative to the config's folder. Compatibility: when nothing exists there but the
-    path exists relative to the working directory (configs written for the old rule), that one is used and
-    a warning says how to write it.
-    """
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return p
-    if config_path is None:
-        return Path(os.path.abspath(p))
-    folder = config_path.resolve().parent
-    beside = folder / p
-    if not beside.exists() and p.exists():
-        fixed = os.path.relpath(p.resolve(), folder)
-        print(
-            f"warning: {config_path}: {key} {value!r} is not in the config's folder ({folder}) but in the "
-            f"working directory; paths in a config are relative to the config: write {fixed!r}",
-            file=sys.stderr,
-        )
-        return p.resolve()
-    return Path(os.path.normpath(beside))

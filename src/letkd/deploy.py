@@ -26,7 +26,7 @@ from torch import nn
 
 from letkd.graft import GRAFT_NAME, GraftError, GraftHandle, graft, graft_points, grafts, ungraft
 from letkd.layers import KDLayer, TemplateHead
-from letkd.utils import atomic_write_bytes
+from letkd.utils import atomic_write_bytes, file_mode
 
 #: ``kind`` of a graft spec entry → the module class it rebuilds (its ``graft_spec()`` gives the kwargs)
 GRAFT_KINDS: dict[str, type[nn.Module]] = {"kd_layer": KDLayer, "template_head": TemplateHead}
@@ -135,7 +135,10 @@ def load_student(
     name = model_name or saved_name
     if not name:
         raise ConfigError("--model is required for checkpoints that do not name their model")
-    classes = num_classes if num_classes is not None else meta.get("num_classes")
+    saved_classes = meta.get("num_classes")
+    if num_classes is not None and saved_classes is not None and num_classes != saved_classes:
+        raise ConfigError(f"--num-classes {num_classes} but the checkpoint holds a {saved_classes}-class net")
+    classes = num_classes if num_classes is not None else saved_classes
     if classes is None and dataset is not None:
         from letkd.data import dataset_info
 
@@ -218,6 +221,7 @@ def write_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike) -
     os.close(fd)
     try:
         onnx_program.save(tmp)
+        os.chmod(tmp, file_mode())  # as every other artefact (mkstemp makes it 0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

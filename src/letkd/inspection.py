@@ -216,6 +216,11 @@ def load_run(
         _graft_quest_heads(student, paths, load_checkpoint(ckpt_path).get("distiller") or {})
 
     num_classes = resolve_num_classes(cfg)
+    grafted = grafts(student)
+    missing = [p for p in paths if p not in grafted]
+    if missing:
+        raise InspectError(f"the student in {ckpt_path} has no KD layer at {missing}: not this config's run?")
+    _check_templates(ckpt_path, run_dir, layers, paths, grafted, num_classes)
     teacher_ckpt = _teacher_checkpoint(run_dir, cfg)
     if teacher_ckpt is None:
         seed_everything(cfg.seed)
@@ -229,10 +234,6 @@ def load_run(
         except ArtifactNotCachedError as exc:
             raise InspectError(f"{exc}: run `letkd fit {run_dir / CONFIG}` first") from None
         supervision.append(found.module.to(device))
-    grafted = grafts(student)
-    missing = [p for p in paths if p not in grafted]
-    if missing:
-        raise InspectError(f"the student in {ckpt_path} has no KD layer at {missing}: not this config's run?")
     infos = [
         LayerInfo(name, layer.kind, layer.student_tap, layer.teacher_tap, path, grafted[path].num_templates)
         for name, layer, path in zip(_layer_names(cfg), layers, paths)
@@ -240,6 +241,20 @@ def load_run(
     return LoadedRun(
         run_dir, ckpt_path, cfg, student.to(device).eval(), teacher.to(device), supervision, infos, device
     )
+
+
+def _check_templates(ckpt_path, run_dir, layers, paths, grafted, num_classes: int) -> None:
+    """The checkpoint's KD layers must have the templates the run's config (and so its supervision) has."""
+    from letkd.methods.template_kd import expected_templates
+
+    for layer, path in zip(layers, paths):
+        trained, configured = grafted[path].num_templates, expected_templates(layer, num_classes)
+        if trained != configured:
+            raise InspectError(
+                f"the KD layer at {path} in {ckpt_path} has {trained} templates but {run_dir / CONFIG} asks "
+                f"for {configured}: the config was edited after training; restore it (or inspect the run "
+                "its config belongs to)"
+            )
 
 
 # --------------------------------------------------------------------------------------------- scores

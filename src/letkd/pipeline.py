@@ -33,12 +33,20 @@ from letkd.build import (
 )
 from letkd.checkpoints import CheckpointError
 from letkd.config import ConfigError, RunConfig, load_config
-from letkd.data.download import ensure_dataset
 from letkd.engine import distributed as dist_utils
 from letkd.engine.loaders import build_test_loader, build_train_loader
-from letkd.engine.rundir import LAST, SUMMARY, claim_run_dir, default_run_dir, latest_run_dir
+from letkd.engine.rundir import (
+    CONFIG,
+    LAST,
+    SUMMARY,
+    claim_run_dir,
+    default_run_dir,
+    latest_run_dir,
+    trained_epochs,
+)
 from letkd.engine.trainer import Trainer, evaluate
 from letkd.models import published
+from letkd.preflight import check_inputs, check_subsets
 from letkd.utils import atomic_write_text, seed_everything, sha256_file
 
 TEACHER_RUNS = Path("runs") / "teachers"
@@ -84,7 +92,14 @@ def ensure_teacher_checkpoint(cfg: RunConfig, device: torch.device) -> str | Non
         f"teacher: training {tcfg.name} from {tcfg.train_config} into {folder}"
         + (" (resuming)" if resume else "")
     )
-    result = _run(teacher_cfg, folder, resume, device, overwrite=not resume)  # our own folder
+    try:
+        result = _run(teacher_cfg, folder, resume, device, overwrite=not resume)  # our own folder
+    except KeyboardInterrupt as exc:
+        exc.args = (
+            f"while training the teacher in {folder}: run the same command again, and the teacher "
+            "continues from its last completed epoch",
+        )
+        raise
     if result.get("status") != "completed":
         raise RuntimeError(
             f"teacher training did not complete: {result.get('status')} ({result.get('error')})"
@@ -182,17 +197,36 @@ def _run(
     (:func:`letkd.engine.rundir.claim_run_dir`) before anything expensive.
     """
     if resume and run_dir is not None and not (Path(run_dir) / LAST).is_file():
-        raise CheckpointError(f"cannot resume: no checkpoint at {Path(run_dir) / LAST}")
+        resume = _nothing_to_resume(Path(run_dir))
     method_cls, params = method_and_params(cfg)  # bad params fail before any expensive stage
     if cfg.teacher is None and method_cls.requires_teacher:
         raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
     num_classes = resolve_num_classes(cfg)
-    check_run(cfg, params, num_classes)  # models, taps, grids: before any expensive stage
+    check_run(cfg, params, num_classes)  # models, taps, grids, memory: before any expensive stage
+    check_inputs(cfg)  # data, teacher checkpoint, cache folder: every missing one at once
+    check_subsets(cfg)
     folder = resolve_run_dir(cfg, run_dir, resume)
     info = dist_utils.current_info()
     claim = claim_run_dir(folder, resume, overwrite) if info.is_main else contextlib.nullcontext(folder)
     with claim:
         return _build_and_train(cfg, folder, resume, device, method_cls, params, num_classes)
+
+
+def _nothing_to_resume(run_dir: Path) -> bool:
+    """``--resume`` of a folder without ``last.pt``: a run that never finished an epoch starts from the
+    beginning (False: not a resume); anything else is an error saying what to do."""
+    if trained_epochs(run_dir) == 0 and (run_dir / CONFIG).is_file():
+        _log(f"no epoch of {run_dir} was saved before it stopped: starting it from the beginning")
+        return False
+    if trained_epochs(run_dir) == 0:
+        raise CheckpointError(
+            f"cannot resume: no checkpoint at {run_dir / LAST} (no run was started there): run the same "
+            "command without --resume"
+        )
+    raise CheckpointError(
+        f"cannot resume: no checkpoint at {run_dir / LAST}, although metrics.jsonl records trained epochs "
+        "(was last.pt deleted?): run again with --overwrite (instead of --resume) to start over"
+    )
 
 
 def _build_and_train(
@@ -207,14 +241,19 @@ def _build_and_train(
     """Teacher stage, supervision, datasets, student, distiller, then the trainer, in the claimed folder."""
     cfg = cfg.model_copy(deep=True)
     cfg.model.num_classes = num_classes
-    if cfg.data.download:
-        ensure_dataset(cfg.data.name, cfg.data.root)
     teacher, supervision, teacher_info = None, None, {}
     if cfg.teacher is not None:
         teacher, checkpoint, top1 = teacher_stage(cfg, num_classes, device)
         specs = method_cls.supervision_specs(params)
         if specs:
-            supervision = build_supervision(cfg, specs, teacher, checkpoint, num_classes, device)
+            try:
+                supervision = build_supervision(cfg, specs, teacher, checkpoint, num_classes, device)
+            except KeyboardInterrupt as exc:
+                exc.args = (
+                    "while fitting the supervision; no epoch of this run was trained (the teacher features "
+                    "extracted so far are kept): run the same command again, without --resume",
+                )
+                raise
         teacher = teacher.to(device)
         teacher_info = {"teacher": cfg.teacher.name, "teacher_top1": top1, "teacher_checkpoint": checkpoint}
     if cfg.train.deterministic and device.type == "cuda":

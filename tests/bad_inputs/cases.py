@@ -132,11 +132,11 @@ CASES = [
     Case("export-missing-file", "export nope.pt --out out/e4.pt2", 1, "checkpoint file not found",
          absent=("out/e4.pt2",)),
     Case("export-shape-mismatch", "export runs/done/best.pt --num-classes 5 --out out/e5.pt2", 1,
-         "fc.weight", absent=("out/e5.pt2",)),
+         "--num-classes 5 but the checkpoint holds a 10-class net", absent=("out/e5.pt2",)),
     Case("export-input-size-syntax", "export runs/done/best.pt --input-size a,b --out out/e6.pt2", 1,
          "--input-size 'a,b': expected C,H,W", absent=("out/e6.pt2",)),
     Case("export-input-size-unfit", "export runs/done/best.pt --input-size 1,8,8 --out out/e7.pt2", 1,
-         "--input-size 1,8,8 does not fit resnet8", absent=("out/e7.pt2",)),
+         "--input-size 1,8,8 differs from 3,32,32, the input resnet8 was trained on", absent=("out/e7.pt2",)),
     Case("export-out-suffix", "export runs/done/best.pt --out out/e8.txt", 1,
          "refused, the suffix says which format to write", absent=("out/e8.txt",)),
     # ----------------------------------------------------------------------------------------- report

@@ -117,3 +117,6 @@ def workspace(tmp_path_factory) -> Path:
     (reports / "none" / "notes.txt").write_text("no run here\n")
     (ws / "out").mkdir()
     return ws
+
+
+from bad_inputs.probe_workspace import probe_workspace  # noqa: E402, F401  (a session fixture)

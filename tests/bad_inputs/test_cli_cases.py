@@ -9,17 +9,18 @@ import shlex
 import pytest
 
 from bad_inputs.cases import CASES, Case
-from bad_inputs.conftest import EXECUTED, FAST, tree_digest
+from bad_inputs.conftest import EXECUTED, FAST, ROOT, tree_digest
 from letkd.cli import main
 from letkd.engine.rundir import claim_run_dir
 
 
 def run_case(case: Case, workspace, monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run ``case`` in ``workspace``; return ``(exit status, stdout, stderr)``."""
+    """Run ``case`` (anything with ``argv`` and ``hold``) in ``workspace``; return ``(exit status, stdout,
+    stderr)``."""
     monkeypatch.chdir(workspace)
     monkeypatch.delenv("LETKD_DATA", raising=False)
     monkeypatch.delenv("LETKD_DEBUG", raising=False)
-    argv = shlex.split(case.argv.replace("{fast}", " ".join(FAST)))
+    argv = shlex.split(case.argv.replace("{fast}", " ".join(FAST)).replace("{root}", str(ROOT)))
     hold = claim_run_dir(workspace / case.hold, resume=True) if case.hold else contextlib.nullcontext()
     capsys.readouterr()
     with hold:

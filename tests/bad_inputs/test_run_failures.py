@@ -77,3 +77,18 @@ def test_overrides_after_the_options(workspace, monkeypatch, capsys):
     run = workspace / "out" / "after"
     assert json.loads((run / "summary.json").read_text())["epochs_done"] == 1
     assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 7
+
+
+def test_one_epoch_numbering_on_the_screen(workspace, monkeypatch, capsys):
+    import re
+
+    fast = [o for o in FAST if not o.startswith("train.epochs=")]
+    monkeypatch.chdir(workspace)
+    capsys.readouterr()
+    assert main(["train", VANILLA, "--out", "out/numbering", *fast, "train.epochs=3"]) == 0
+    out, err = capsys.readouterr()
+    tops = {int(m[1]): m[2] for m in re.finditer(r"^epoch (\d+)/3 .*test top-1 ([\d.]+)", err, re.M)}
+    final = re.search(r"best top-1 ([\d.]+)% \(epoch (\d+)/3\)", out)
+    assert sorted(tops) == [1, 2, 3] and final, (out, err)
+    best_epoch = min(e for e, top in tops.items() if top == final[1])  # the first epoch that reached it
+    assert int(final[2]) == best_epoch  # the final line counts epochs as the progress lines do

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
+    from letkd.commands import options
     from letkd.config import ConfigError
     from letkd.data import create_dataset, dataset_info
     from letkd.deploy import load_student
@@ -65,14 +66,18 @@ def run(args: argparse.Namespace) -> int:
     from letkd.models import published
 
     # failures (checkpoint, dataset, device) are raised and reported as one line by letkd.cli.main
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size {args.batch_size}: must be at least 1")
+    options.in_range("--batch-size", args.batch_size, 1)
+    options.in_range("--workers", args.workers, 0, 256)
+    options.num_classes(args.num_classes)
     device = select_device(args.device)
     spec = args.checkpoint
     checkpoint, model_name = spec, args.model
     if published.is_published_name(spec):
+        published.check_eval_dataset(spec, args.data, dataset_info(args.data).num_classes, args.num_classes)
         checkpoint = str(published.resolve_teacher_checkpoint(spec, arch=args.model))
         model_name = published.published_teacher(spec).arch
+    else:
+        options.checkpoint_file("--checkpoint", spec)
     model, meta = load_student(checkpoint, model_name, args.num_classes, args.data)
     _warn_dataset_mismatch(meta, args.data, dataset_info(args.data).num_classes)
     dataset = create_dataset(args.data, args.split, root=args.root, transform="test", download=args.download)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_INPUT_SIZE = (3, 32, 32)
+#: bounds of ``--input-size``: one image a network takes (not a batch, not a volume)
+MAX_CHANNELS, MAX_SIDE = 64, 4096
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,13 +45,33 @@ def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, ...]:
         values = []
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"--input-size {text!r}: expected C,H,W as three positive integers, e.g. 3,32,32")
+    if values[0] > MAX_CHANNELS or max(values[1:]) > MAX_SIDE:
+        raise ValueError(
+            f"--input-size {text!r}: at most {MAX_CHANNELS} channels and {MAX_SIDE} pixels a side (an image "
+            "the network takes, not a batch)"
+        )
     return tuple(values)
+
+
+def check_input_size(given: tuple[int, ...], meta: dict) -> None:
+    """Refuse an ``--input-size`` other than the one the checkpoint records its student was trained on (a
+    KD layer's grid, and the accuracy, hold at that size only)."""
+    from letkd.config import ConfigError
+
+    recorded = meta.get("input_size")
+    if recorded and tuple(int(v) for v in recorded) != tuple(given):
+        shown, asked = ",".join(str(int(v)) for v in recorded), ",".join(map(str, given))
+        raise ConfigError(
+            f"--input-size {asked} differs from {shown}, the input {meta.get('model_name')} was trained on "
+            f"(recorded in the checkpoint): omit --input-size to export at {shown}"
+        )
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``letkd export``; failures are raised and reported by :func:`letkd.cli.main` (exit 1)."""
     import torch
 
+    from letkd.commands import options
     from letkd.config import ConfigError
     from letkd.deploy import export_program, load_student, write_onnx, write_pt2
     from letkd.graft import describe_grafts
@@ -63,7 +85,11 @@ def run_export(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name ending in .pt2 or .onnx")
     input_size = parse_input_size(args.input_size) if args.input_size else None
+    options.num_classes(args.num_classes)
+    options.checkpoint_file("checkpoint", args.checkpoint)
     model, meta = load_student(args.checkpoint, args.model, args.num_classes)
+    if input_size is not None:
+        check_input_size(input_size, meta)
     input_size = input_size or parse_input_size(meta.get("input_size"))
     try:
         with torch.no_grad():

@@ -58,15 +58,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cfg.teacher is None:
         raise ConfigError("the config has no teacher section; supervision is fitted on a teacher")
-    from letkd.build import build_teacher, resolve_num_classes, supervision_artifact
+    from letkd.build import (
+        build_teacher,
+        check_run,
+        method_and_params,
+        resolve_num_classes,
+        supervision_artifact,
+    )
     from letkd.device import select_device
     from letkd.pipeline import ensure_teacher_checkpoint
+    from letkd.preflight import check_inputs, check_subsets
     from letkd.utils import seed_everything
 
     device = select_device(args.device or cfg.train.device)
     progress = not args.no_progress
-    checkpoint = ensure_teacher_checkpoint(cfg, device)  # trains it first if the config says so
     num_classes = resolve_num_classes(cfg)
+    check_run(cfg, method_and_params(cfg)[1], num_classes)  # taps, grids, memory: before any work
+    check_inputs(cfg)
+    check_subsets(cfg)
+    checkpoint = ensure_teacher_checkpoint(cfg, device)  # trains it first if the config says so
     seed_everything(cfg.seed)  # an untrained teacher is initialised as `letkd run` initialises it
     teacher = build_teacher(cfg, num_classes, checkpoint)
     for spec in specs:

@@ -50,12 +50,16 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd inspect``."""
     from pathlib import Path
 
+    from letkd.commands import options
     from letkd.device import select_device
     from letkd.inspection import inspect_run, load_run
     from letkd.inspection_plots import write_inspection
 
     # failures (not a KD run, missing artefact or checkpoint, ...) become one line in letkd.cli.main
+    options.in_range("--images", args.images, 1)
+    options.in_range("--stats-images", args.stats_images, 1)
     out = Path(args.out) if args.out else Path(args.run) / "inspect"
+    options.output_folder("--out", out)
     loaded = load_run(args.run, select_device(args.device), args.data_root, args.checkpoint)
     result = inspect_run(loaded, args.images, args.stats_images, progress=True)
     written = write_inspection(loaded, result, out)

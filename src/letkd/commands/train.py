@@ -67,8 +67,11 @@ def summary_line(summary: dict) -> str:
     teacher = f"teacher top-1 {pct('teacher_top1')}; " if summary.get("teacher_top1") is not None else ""
     extra = summary.get("extra_parameters")
     kept = f", {extra:,} extra parameters kept in the student" if extra else ""
+    best_epoch, epochs = summary.get("best_epoch"), summary.get("epochs")
+    # epochs counted from 1, as the progress lines count them (summary.json keeps its 0-based field)
+    when = "n/a" if best_epoch is None else f"{best_epoch + 1}" + (f"/{epochs}" if epochs else "")
     return (
-        f"{teacher}best top-1 {pct('best_top1')} (epoch {summary.get('best_epoch')}), "
+        f"{teacher}best top-1 {pct('best_top1')} (epoch {when}), "
         f"last top-1 {pct('last_top1')}{kept}, {summary.get('wall_seconds') or 0:.0f} s; "
         f"run folder: {summary.get('run_dir')}"
     )

@@ -1,38 +1,38 @@
-"""Fetching files on demand: official dataset archives (CIFAR-10/100, Tiny-ImageNet), checksum-verified.
+"""Datasets fetched on demand: the official archives of CIFAR-10/100 and Tiny-ImageNet, md5-verified.
 
-Every file is downloaded with :func:`torch.hub.download_url_to_file` under a temporary name, verified, and
-only then renamed into place; archives are extracted into a temporary folder that is renamed into place once
-complete. A partial, truncated or corrupt download is deleted and never used, so a re-run simply starts again.
-URLs can be redirected to a mirror with ``$LETKD_DATA_MIRROR`` (a base URL holding the archives under their
-official file names); tests replace entries of :data:`ARCHIVES`.
+Each archive is fetched by :func:`letkd.data.fetch.fetch_file` (timeouts, retries, verified before it is
+renamed into place) and extracted into a temporary folder that is renamed into place once complete, so a
+dataset folder appears complete or not at all. URLs can be redirected to a mirror with
+``$LETKD_DATA_MIRROR`` (a base URL holding the archives under their official file names); tests replace
+entries of :data:`ARCHIVES`.
 """
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
-import uuid
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import HTTPError, URLError
 
-from filelock import FileLock
 from tqdm.auto import tqdm
 
 from letkd.data import locate
+from letkd.data.fetch import (
+    DownloadError,
+    fetch_file,
+    patience,
+    progress_enabled,
+    remove_empty,
+    writable,
+)
+from letkd.locks import EntryLock, beat
 
 #: environment variable: base URL of a mirror that holds the archives under their official file names
 MIRROR_ENV = "LETKD_DATA_MIRROR"
-
-
-class DownloadError(RuntimeError):
-    """A file could not be downloaded or failed verification; the message says what to fetch and where."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,8 @@ ARCHIVES: dict[str, Archive] = {
     ),
 }
 
-#: what a failed connection raises inside urllib / http.client
-NETWORK_ERRORS = (URLError, OSError, http.client.HTTPException, ValueError)
-
-
-def progress_enabled() -> bool:
-    """Progress bars only on terminals (logs redirected to a file get none)."""
-    return sys.stderr.isatty()
+#: what the data folder's errors say to do about a folder that cannot be written
+DATA_FOLDER_FIX = "pass a writable data.root (--root), or set $LETKD_DATA to a writable folder"
 
 
 def archive_url(archive: Archive) -> str:
@@ -88,85 +83,6 @@ def download_base(root: str | os.PathLike | None) -> Path:
         return Path(root).expanduser()
     env = os.environ.get(locate.DATA_ENV)
     return Path(env).expanduser() if env else locate.CACHE_DIR
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex ``md5`` or ``sha256`` of a file."""
-    if algorithm == "md5":
-        from torchvision.datasets.utils import calculate_md5
-
-        return calculate_md5(path)
-    from letkd.utils import sha256_file
-
-    return sha256_file(path)
-
-
-def _checksum_problem(path: Path, md5: str | None, sha256: str | None) -> str | None:
-    for algorithm, expected in (("md5", md5), ("sha256", sha256)):
-        if expected:
-            got = file_digest(path, algorithm)
-            if got != expected.lower():
-                return f"{algorithm} {got}, expected {expected}"
-    return None
-
-
-def _network_reason(exc: BaseException) -> str:
-    if isinstance(exc, HTTPError):
-        return f"the server answered HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, URLError):
-        return f"no connection: {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def fetch_file(
-    url: str,
-    dest: str | os.PathLike,
-    md5: str | None = None,
-    sha256: str | None = None,
-    verify: Callable[[Path], None] | None = None,
-    then: str = "then run again",
-) -> Path:
-    """Download ``url`` to ``dest`` unless ``dest`` already holds a verified copy; return ``dest``.
-
-    The file is downloaded under a unique temporary name next to ``dest``, checked against ``md5`` /
-    ``sha256`` (when given) and ``verify(path)`` (which raises :class:`DownloadError` to refuse it), and only
-    then renamed to ``dest``. On any failure the temporary file is deleted and :class:`DownloadError` names
-    the URL and ``dest`` (the place to put a copy fetched by hand; ``then`` ends that sentence).
-    """
-    dest = Path(dest)
-    if dest.is_file() and _checksum_problem(dest, md5, sha256) is None:
-        try:
-            if verify is not None:
-                verify(dest)
-            return dest
-        except DownloadError:
-            pass  # a bad file in the way: fetch a fresh copy
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.download")
-    checksum = f" ({'md5 ' + md5 if md5 else 'sha256 ' + sha256})" if md5 or sha256 else ""
-    try:
-        from torch.hub import download_url_to_file
-
-        try:
-            download_url_to_file(url, str(tmp), progress=progress_enabled())
-        except NETWORK_ERRORS as exc:
-            raise DownloadError(
-                f"cannot download {url} ({_network_reason(exc)}). Without a network: fetch it on a "
-                f"connected machine{checksum} and put it at {dest}, {then}."
-            ) from None
-        problem = _checksum_problem(tmp, md5, sha256)
-        if problem is not None:
-            raise DownloadError(
-                f"the file downloaded from {url} has {problem}: refused and deleted (an interrupted "
-                f"transfer, a proxy error page or a changed file); run again to retry, or put a verified "
-                f"copy at {dest}."
-            )
-        if verify is not None:
-            verify(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
 
 
 def _extract_tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
@@ -187,10 +103,12 @@ def unpack(archive: Path, dest: Path) -> None:
             with zipfile.ZipFile(archive) as zf:
                 for info in tqdm(zf.infolist(), **bar):
                     zf.extract(info, dest)  # zipfile drops absolute paths and '..' components
+                    beat()
         else:
             with tarfile.open(archive, "r:*") as tf:
                 for member in tqdm(tf.getmembers(), **bar):
                     _extract_tar_member(tf, member, dest)
+                    beat()
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise DownloadError(f"{archive}: cannot extract the archive ({type(exc).__name__}: {exc})") from None
 
@@ -220,12 +138,17 @@ def extract_into(
         except OSError:
             existing = check(target) if check is not None and target.is_dir() else "not replaceable"
             if existing is not None:
-                raise DownloadError(
-                    f"{target} already exists but is not usable ({existing}): move it away and run again"
-                ) from None
+                raise DownloadError(_in_the_way(target, existing)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _in_the_way(target: Path, problem: str) -> str:
+    return (
+        f"{target} is in the way: an incomplete '{target.name}/' ({problem}) that letkd does not overwrite; "
+        "move it away (or complete it) and run again"
+    )
 
 
 def download_dataset(
@@ -233,25 +156,45 @@ def download_dataset(
 ) -> Path:
     """Fetch and extract dataset ``name`` into :func:`download_base` ``(root)``; return its folder.
 
-    The verified archive is kept next to the folder (a later extraction needs no new download).
+    The verified archive is kept next to the folder (a later extraction needs no new download). An
+    incomplete folder of the same name in the way is reported before anything is downloaded; a data folder
+    created here is removed again when the download fails.
     """
     if name not in ARCHIVES:
         raise DownloadError(f"dataset {name!r} is not downloadable; these are: {', '.join(sorted(ARCHIVES))}")
     archive = ARCHIVES[name]
     base = download_base(root)
-    base.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(base / f".{archive.filename}.lock")):  # one process downloads, the others wait
-        target = base / archive.folder
-        if target.is_dir() and (check is None or check(target) is None):
-            return target
-        path = fetch_file(
-            archive_url(archive),
-            base / archive.filename,
-            md5=archive.md5,
-            then=f"then run again with downloads enabled (or extract it yourself so that "
-            f"'{archive.folder}/' lies in {base})",
-        )
-        return extract_into(path, base, archive.folder, check)
+    created = next((p for p in [base, *base.parents] if p.exists()), None)
+    target = base / archive.folder
+    lock = EntryLock(base / f".{archive.folder}.lock", f"{name} into {base}", "downloading", patience())
+    try:
+        with writable(base, "the data folder", DATA_FOLDER_FIX):
+            base.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        try:
+            if target.is_dir():
+                problem = check(target) if check is not None else None
+                if problem is None:
+                    return target
+                raise DownloadError(_in_the_way(target, problem) + " (nothing was downloaded)")
+            for stale in base.glob(f".{archive.folder}.*.extract"):  # a killed extraction's folder
+                shutil.rmtree(stale, ignore_errors=True)
+            path = fetch_file(
+                archive_url(archive),
+                base / archive.filename,
+                md5=archive.md5,
+                then=f"then run again with downloads enabled (or extract it yourself so that "
+                f"'{archive.folder}/' lies in {base})",
+                fix=DATA_FOLDER_FIX,
+                store="the data folder",
+            )
+            with writable(base, "the data folder", DATA_FOLDER_FIX):
+                return extract_into(path, base, archive.folder, check)
+        finally:
+            lock.release()
+    finally:
+        if created is not None and not any(base.iterdir() if base.is_dir() else []):
+            remove_empty(base, created)
 
 
 def how_to_download(name: str) -> str:

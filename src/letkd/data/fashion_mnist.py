@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from letkd.data.errors import DatasetFormatError
-from letkd.data.locate import CACHE_DIR, find_dataset_dir, missing_files
+from letkd.data.locate import find_dataset_dir, missing_files
 from letkd.data.memory import InMemoryImageDataset
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -92,12 +92,19 @@ def _load_arrays(images_path: str, labels_path: str, _stamp: tuple) -> tuple[tor
 
 def _download(root: str | os.PathLike | None) -> Path:
     from torchvision.datasets import FashionMNIST
-    from torchvision.datasets.utils import download_url
 
-    folder = (Path(root).expanduser() if root is not None else CACHE_DIR) / "fashion-mnist"
+    from letkd.data.download import DATA_FOLDER_FIX, download_base
+    from letkd.data.fetch import fetch_file
+
+    folder = download_base(root) / "fashion-mnist"
     for filename, md5 in FashionMNIST.resources:
-        if not (folder / filename).is_file():
-            download_url(FashionMNIST.mirrors[0] + filename, folder, filename=filename, md5=md5)
+        fetch_file(
+            FashionMNIST.mirrors[0] + filename,
+            folder / filename,
+            md5=md5,
+            fix=DATA_FOLDER_FIX,
+            store="the data folder",
+        )
     return folder
 
 

@@ -1,5 +1,6 @@
-"""How a run fails, in words: a divergence (the non-finite losses, the checkpoint left, the likely causes)
-and a run folder that can no longer be written (a full disk, a read-only or vanished folder)."""
+"""How a run fails, in words: a divergence (the non-finite losses, the checkpoint left, the likely causes),
+a run folder that can no longer be written (a full disk, a read-only or vanished folder) and an
+interruption (where it stopped, what ``last.pt`` holds, how to go on)."""
 
 from __future__ import annotations
 
@@ -59,4 +60,19 @@ def write_failure(exc: OSError, run_dir: Path) -> RunFolderError:
     return RunFolderError(
         f"cannot write the run folder {run_dir}: {exc.strerror or exc}{where}; free some space, check its "
         f"permissions or choose another --out{then}"
+    )
+
+
+def interrupted_message(run_dir: Path, epoch: int, done: int, total: int) -> str:
+    """Where a run interrupted in (0-based) ``epoch`` stopped, with ``done`` epochs saved in ``last.pt``, and
+    how to go on; epochs are counted from 1, as the progress lines do."""
+    where = f"in epoch {epoch + 1}/{total}"
+    if done == 0:
+        return (
+            f"{where}, before any epoch was saved; nothing to resume: run the same command again (it starts "
+            f"{run_dir} from the beginning)"
+        )
+    return (
+        f"{where}; {run_dir / LAST} holds epoch {done}/{total} (the epoch in progress is discarded): "
+        "--resume continues from there, as an uninterrupted run would"
     )

@@ -45,42 +45,34 @@ class RunFolderError(RuntimeError):
     """A run folder cannot be used: it holds a run, another process runs in it, or it is not writable."""
 
 
+def trained_epochs(path: str | Path) -> int:
+    """How many epochs the run in ``path`` has recorded (``metrics.jsonl`` rows; a checkpoint counts as
+    one at least). 0: nothing of value in the folder, only what a run writes before its first epoch ends."""
+    path = Path(path)
+    try:
+        rows = sum(1 for line in (path / METRICS).read_text().splitlines() if line.strip())
+    except OSError:
+        rows = 0
+    return max(rows, int((path / LAST).is_file() or (path / BEST).is_file()))
+
+
 @contextlib.contextmanager
 def claim_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on the run folder ``path`` for the block (created if needed).
 
     A fresh run (not ``resume``) refuses a folder that already holds a run unless ``overwrite``, which
-    removes that run's files (:data:`RUN_FILES`, nothing else) first. A second process claiming the same
-    folder is refused at once. Raises :class:`RunFolderError` with what to do.
+    removes that run's files (:data:`RUN_FILES`, nothing else) first; a run that never finished an epoch
+    (no checkpoint, no metrics: stopped or failed in its first epoch) is replaced without ``overwrite``. A
+    second process claiming the same folder is refused at once. Raises :class:`RunFolderError` with what to
+    do. Folders created here are removed again when the block leaves nothing in them but the lock.
     """
-    import fcntl
-
     path = Path(path)
+    created = next((p for p in [path, *path.parents] if p.exists()), None)
+    fd = _open_lock(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "the folder is read-only", str(path))
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise RunFolderError(
-            f"cannot write the run folder {path}: {exc.strerror or exc}; choose another --out"
-        ) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise RunFolderError(
-                f"another process (pid {holder}) is running in {path}; wait for it to finish, or choose "
-                "another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         existing = [name for name in RUN_FILES if (path / name).exists()]
         if existing and not resume:
-            if not overwrite:
+            if not overwrite and trained_epochs(path) > 0:
                 raise RunFolderError(
                     f"{path} already holds a run ({', '.join(existing)}): pass --resume to continue it, "
                     "--overwrite to replace it, or choose another --out"
@@ -90,7 +82,79 @@ def claim_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fals
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
         yield path
     finally:
+        if _holds_only_the_lock(path):
+            (path / LOCK).unlink(missing_ok=True)  # still locked: nobody else claims it meanwhile
+            while path != created and _rmdir(path):
+                path = path.parent
         os.close(fd)  # releases the lock
+
+
+def _holds_only_the_lock(path: Path) -> bool:
+    try:
+        return [p.name for p in path.iterdir()] == [LOCK]
+    except OSError:
+        return False
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+def _open_lock(path: Path) -> int:
+    """Create ``path`` if needed and return a descriptor holding the exclusive lock on ``path/.lock`` (with
+    this process's pid written in it); :class:`RunFolderError` when the folder cannot be written or another
+    process holds it."""
+    import fcntl
+
+    for _ in range(5):  # a folder removed by a run that just ended (see claim_run_dir) is made again
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "the folder is read-only", str(path))
+            fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise RunFolderError(
+                f"cannot write the run folder {path}: {exc.strerror or exc}; choose another --out"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = _read_holder(path)
+            raise RunFolderError(
+                f"another process (pid {holder}) is running in {path}; wait for it to finish, or choose "
+                "another --out"
+            ) from None
+        if _same_file(fd, path / LOCK):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # locked a lock file that its holder removed on leaving: take the new one
+    raise RunFolderError(f"cannot claim the run folder {path}: it keeps disappearing; choose another --out")
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        return (path / LOCK).read_text(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def lock_holder(path: str | Path) -> str | None:

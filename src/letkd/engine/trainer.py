@@ -6,6 +6,8 @@ Every epoch ``e`` (0-based) seeds its randomness (shuffle order, augmentation, d
 ``(cfg.seed, e, rank)``, sets the learning rate from the schedule once, trains, evaluates the student on the
 test set and writes ``last.pt`` (and ``best.pt`` when top-1 improved) before logging the epoch — so a run
 killed at any moment resumes from ``last.pt`` and ends with exactly the weights of an uninterrupted run.
+An interrupted run (Ctrl-C, SIGTERM) leaves ``last.pt`` as it was at the end of the last completed epoch
+for the same reason. Messages count epochs from 1 (``epoch 2/4``), as the progress lines do.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from letkd.deploy import graft_spec
 from letkd.engine import distributed as dist_utils
 from letkd.engine.distributed import DistInfo
 from letkd.engine.evaluation import autocast_context, batch_extras, batch_to_device, evaluate
-from letkd.engine.failures import NonFiniteLossError, divergence_hint, write_failure
+from letkd.engine.failures import NonFiniteLossError, divergence_hint, interrupted_message, write_failure
 from letkd.engine.host_memory import reuse_freed_host_memory
 from letkd.engine.metrics import SumMeter
 from letkd.engine.optim import build_optimizer, lr_at_epoch, set_lr
@@ -96,7 +98,6 @@ class Trainer:
         self.logger = (
             RunLogger(self.run_dir, tensorboard=cfg.train.tensorboard) if self.info.is_main else None
         )
-        self._step = 0
 
     # ----------------------------------------------------------------------------------------- set-up
     def _prepare(self, distiller: Distiller) -> Distiller:
@@ -158,19 +159,17 @@ class Trainer:
         changed = config_changes(state["meta"].get("config") or {}, self.cfg.model_dump(mode="json"))
         if changed:
             self._print("resuming with a changed config: " + ", ".join(changed))
-        interrupted = state["meta"].get("interrupted")
+        done = self.progress.last_epoch + 1
         self._print(
-            f"resuming from {path}: {self.progress.last_epoch + 1} epoch(s) done"
-            + (f" (interrupted in epoch {interrupted['epoch']}, which restarts)" if interrupted else "")
+            f"resuming from {path}: epoch {done}/{self.cfg.train.epochs} done, continuing with epoch "
+            f"{done + 1}"
         )
-        return self.progress.last_epoch + 1
+        return done
 
-    def _save(self, improved: bool, interrupted: dict[str, int] | None = None) -> None:
+    def _save(self, improved: bool) -> None:
         if not self.info.is_main:
             return
         state = self.state_dict()
-        if interrupted is not None:
-            state["meta"]["interrupted"] = interrupted
         paths = [self.run_dir / LAST] + ([self.run_dir / BEST] if improved else [])
         save_checkpoint(state, *paths)
 
@@ -188,10 +187,13 @@ class Trainer:
         except NonFiniteLossError as exc:
             self._finish(status="diverged", error=str(exc))
             raise
-        except KeyboardInterrupt:
-            self._save(improved=False, interrupted={"epoch": epoch, "step": self._step})
-            self._print(f"interrupted in epoch {epoch}; saved {self.run_dir / LAST} (resume with --resume)")
-            self._finish(status="interrupted")
+        except KeyboardInterrupt as exc:
+            # last.pt is left as the end of the last completed epoch: resuming from there replays the
+            # interrupted epoch with the same data order, RNG, BatchNorm and optimizer state — exactly
+            with contextlib.suppress(OSError):
+                self._finish(status="interrupted")
+            done = self.progress.last_epoch + 1
+            exc.args = (interrupted_message(self.run_dir, epoch, done, self.cfg.train.epochs),)
             raise
         except Exception as exc:
             with contextlib.suppress(OSError):  # record it where the folder can still be written
@@ -286,10 +288,8 @@ class Trainer:
         )
         pending: tuple[int, torch.Tensor] | None = None
         t0 = time.perf_counter()
-        self._step = 0
         steps = self._steps_in_epoch()
         for step, batch in self._batches(epoch):
-            self._step = step
             if tc.schedule.per_step:
                 set_lr(self.optimizer, lr_at_epoch(tc, epoch + step / max(steps, 1)))
             images, labels = batch_to_device(batch, self.device, tc.channels_last)

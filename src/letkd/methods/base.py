@@ -101,7 +101,8 @@ class Distiller(nn.Module):
             return cls.Params.model_validate(dict(params or {}))
         except ValidationError as exc:
             heading = f"invalid params for method {cls.method_name!r}"
-            raise ConfigError(format_validation_error(exc, heading, "method.params.")) from None
+            text = format_validation_error(exc, heading, "method.params.", model=cls.Params)
+            raise ConfigError(text) from None
 
     @classmethod
     def supervision_specs(cls, params: MethodParams) -> list[Any]:

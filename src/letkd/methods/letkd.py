@@ -55,10 +55,19 @@ class LetKD(Distiller):
         """letKD-2 with small K: a sub-class layer at the intermediate tap and a 16-template codebook."""
         return {
             "layers": [
-                {"kind": "subclass", "student_tap": "intermediate", "teacher_tap": "intermediate",
-                 "subclasses_per_class": 2, "lda_components": 4},
-                {"kind": "codebook", "student_tap": "penultimate", "teacher_tap": "penultimate",
-                 "num_templates": 16},
+                {
+                    "kind": "subclass",
+                    "student_tap": "intermediate",
+                    "teacher_tap": "intermediate",
+                    "subclasses_per_class": 2,
+                    "lda_components": 4,
+                },
+                {
+                    "kind": "codebook",
+                    "student_tap": "penultimate",
+                    "teacher_tap": "penultimate",
+                    "num_templates": 16,
+                },
             ]
         }
 

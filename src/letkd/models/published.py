@@ -18,17 +18,17 @@ ckpt_epoch_240.pth``) is tried before both; tests replace :data:`SOURCES`.
 from __future__ import annotations
 
 import os
-import shutil
-import tarfile
-import uuid
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
 from letkd.config import ConfigError
-from letkd.data.download import DownloadError, fetch_file, file_digest
+from letkd.data.fetch import DownloadError, fetch_file, patience, remove_empty, writable
+from letkd.errors import ListedError
+from letkd.locks import EntryLock
+from letkd.models.teacher_archive import ArchiveSource
 
 PREFIX = "crd:"
 #: environment variable: the teacher cache folder (default ``$TORCH_HOME/hub/checkpoints/letkd``)
@@ -42,8 +42,16 @@ ACCURACY_TOLERANCE = 0.2
 TEST_IMAGES = 10_000
 
 
+#: what to do when the teacher cache cannot be written
+CACHE_FIX = f"set ${CACHE_ENV} to a writable folder (or $TORCH_HOME, whose hub/checkpoints/letkd it is)"
+
+
 class PublishedTeacherError(ConfigError):
     """A ``crd:`` teacher name is unknown, does not match the config, or its accuracy is off."""
+
+
+class TeacherFetchError(ListedError, DownloadError):
+    """No source could provide a published teacher: one item per source, then what to do offline."""
 
 
 @dataclass(frozen=True)
@@ -88,64 +96,9 @@ class FileSource:
     def url(self, teacher: PublishedTeacher) -> str:
         return self.template.format(folder=teacher.folder, file=FILE_NAME)
 
-    def fetch(self, teacher: PublishedTeacher, dest: Path, verify: Callable[[Path], None]) -> None:
-        fetch_file(self.url(teacher), dest, sha256=teacher.sha256, verify=verify)
-
-
-@dataclass(frozen=True)
-class ArchiveSource:
-    """A tar archive holding every teacher at ``member`` (``{folder}`` filled in); fetched once, then every
-    known teacher in it is installed into the cache and the archive is deleted."""
-
-    url_: str
-    filename: str
-    member: str
-
-    def url(self, teacher: PublishedTeacher) -> str:
-        return self.url_
-
-    def fetch(self, teacher: PublishedTeacher, dest: Path, verify: Callable[[Path], None]) -> None:
-        cache = dest.parent.parent
-        archive = fetch_file(self.url_, cache / self.filename)
-        try:
-            with tarfile.open(archive, "r:*") as tf:
-                self._install(tf, teacher, dest, verify)
-                for other in TEACHERS.values():
-                    target = cache / other.folder / FILE_NAME
-                    if other is not teacher and not target.is_file():
-                        try:  # the others too, while the archive is here; a bad one is simply skipped
-                            self._install(tf, other, target, _verifier(other))
-                        except DownloadError:
-                            pass
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            archive.unlink(missing_ok=True)
-            raise DownloadError(
-                f"{archive} (from {self.url_}) is damaged ({type(exc).__name__}: {exc}): deleted; run again"
-            ) from None
-        if not dest.is_file():
-            raise DownloadError(f"{self.url_} holds no {self.member.format(folder=teacher.folder)}")
-        archive.unlink(missing_ok=True)  # every teacher it holds is in the cache now
-
-    def _install(self, tf: tarfile.TarFile, teacher: PublishedTeacher, target: Path, verify) -> None:
-        name = self.member.format(folder=teacher.folder)
-        try:
-            info = tf.getmember(name)
-        except KeyError:
-            return
-        source = tf.extractfile(info) if info.isfile() else None
-        if source is None:
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.extract")
-        try:
-            with source, open(tmp, "wb") as out:
-                shutil.copyfileobj(source, out)
-            if teacher.sha256 and file_digest(tmp, "sha256") != teacher.sha256:
-                raise DownloadError(f"{name} in {self.url_}: sha256 differs from the pinned {teacher.sha256}")
-            verify(tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+    def fetch(self, teacher: PublishedTeacher, dest: Path, verify, others=()) -> None:
+        fetch_file(self.url(teacher), dest, sha256=teacher.sha256, verify=lambda p: verify(p, "the file"),
+                   then=None, fix=CACHE_FIX, store="the teacher cache")  # fmt: skip
 
 
 #: where published teachers are fetched from, in order (after ``$LETKD_TEACHER_MIRROR`` when set)
@@ -153,7 +106,8 @@ SOURCES: list[FileSource | ArchiveSource] = [
     ArchiveSource(
         "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar",
         "cifar_teachers.tar",
-        "cifar_teachers/{folder}/" + FILE_NAME,
+        FILE_NAME,
+        CACHE_FIX,
     ),
     FileSource("http://shape2prog.csail.mit.edu/repo/{folder}/" + FILE_NAME),
 ]
@@ -192,18 +146,60 @@ def teacher_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / "letkd"
 
 
-def _verifier(teacher: PublishedTeacher) -> Callable[[Path], None]:
-    """A check that a file loads strictly (every key and shape) into the teacher's zoo architecture."""
+def _verifier(teacher: PublishedTeacher) -> Callable[[Path, str], None]:
+    """A check that a file loads strictly (every key and shape) into the teacher's zoo architecture;
+    ``verify(path, shown)`` names the file as ``shown`` (a temporary file's name means nothing to a user)."""
 
-    def verify(path: Path) -> None:
+    def verify(path: Path, shown: str) -> None:
         from letkd.models import CheckpointError, create_model, load_weights
 
         try:
-            load_weights(create_model(teacher.arch, teacher.num_classes), path, strict=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol notes: the error below says it all
+                warnings.simplefilter("ignore", UserWarning)
+                load_weights(create_model(teacher.arch, teacher.num_classes), path, strict=True)
         except CheckpointError as exc:
-            raise DownloadError(f"the file for {teacher.name} is no usable {teacher.arch}: {exc}") from None
+            raise DownloadError(
+                f"{shown} is no usable {teacher.arch}: {_first_sentence(exc, path)}"
+            ) from None
 
     return verify
+
+
+def _first_sentence(exc: Exception, path: Path, limit: int = 300) -> str:
+    """The gist of a loading error, without the file's name (said already) and torch's advice."""
+    text = " ".join(str(exc).replace(f"checkpoint {path} ", "").replace(str(path), "the file").split())
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_teacher_name(spec: str, arch: str | None) -> PublishedTeacher:
+    """The teacher of ``spec``; refuses an ``arch`` (``teacher.name`` / ``--model``) that is not its own."""
+    teacher = published_teacher(spec)
+    if arch is not None and arch != teacher.arch:
+        known = ", ".join(t.name for t in TEACHERS.values())
+        other = f"choose the {PREFIX}{arch} teacher" if arch in TEACHERS else f"pick one of {known}"
+        raise PublishedTeacherError(
+            f"teacher.checkpoint {spec!r} is a {teacher.arch}, but teacher.name is {arch!r}: "
+            f"set teacher.name={teacher.arch} or {other}"
+        )
+    return teacher
+
+
+def check_eval_dataset(spec: str, data: str, data_classes: int, num_classes: int | None) -> None:
+    """Refuse to evaluate published teacher ``spec`` on a dataset whose class count differs from its own,
+    unless ``num_classes`` (``--num-classes``) says its own count explicitly — before anything is fetched."""
+    teacher = published_teacher(spec)
+    if num_classes is not None and num_classes != teacher.num_classes:
+        raise PublishedTeacherError(
+            f"{spec} is a {teacher.num_classes}-class {teacher.dataset} teacher; --num-classes {num_classes} "
+            f"does not fit it (omit --num-classes)"
+        )
+    if num_classes is None and data_classes != teacher.num_classes:
+        raise PublishedTeacherError(
+            f"{spec} is a {teacher.num_classes}-class {teacher.dataset} teacher but --data {data} has "
+            f"{data_classes} classes: evaluate it with --data {teacher.dataset}, or pass --num-classes "
+            f"{teacher.num_classes} to run it on {data} anyway"
+        )
 
 
 def resolve_teacher_checkpoint(
@@ -213,41 +209,83 @@ def resolve_teacher_checkpoint(
     if needed.
 
     ``arch`` (the config's ``teacher.name``) must be the teacher's architecture. A fetched file is installed
-    only after it loads strictly; a file already in the cache (e.g. one put there by hand) is used as is.
-    Offline, :class:`DownloadError` lists every URL tried and the path to put the file at.
+    only after it loads strictly; a file already in the cache is checked the same way, and a damaged one
+    (e.g. cut short) is deleted and fetched again. Offline, :class:`TeacherFetchError` lists every URL tried
+    and says once where to put the file; a cache that cannot be written raises
+    :class:`~letkd.data.fetch.FolderNotWritableError`.
     """
-    teacher = published_teacher(spec)
-    if arch is not None and arch != teacher.arch:
-        raise PublishedTeacherError(
-            f"teacher.checkpoint {spec!r} is a {teacher.arch}, but teacher.name is {arch!r}: "
-            f"set teacher.name={teacher.arch} or choose the {PREFIX}{arch} teacher"
-        )
-    dest = teacher_cache_dir(cache_dir) / teacher.folder / FILE_NAME
+    teacher = check_teacher_name(spec, arch)
+    cache = teacher_cache_dir(cache_dir)
+    dest = cache / teacher.folder / FILE_NAME
+    verify = _verifier(teacher)
+    deleted = _drop_if_damaged(dest, verify, download)
     if dest.is_file():
         return dest
     urls = [source.url(teacher) for source in sources()]
+    where = f"put {teacher.folder}/{FILE_NAME} (from {' or '.join(urls)}) at {dest}"
+    if not download:
+        raise PublishedTeacherError(f"published teacher {spec} is not in the cache: {where}")
+    failures = _fetch_from_sources(teacher, cache, dest, verify)
+    if dest.is_file():
+        return dest
+    raise TeacherFetchError(
+        f"cannot fetch published teacher {spec}{deleted} from any source:",
+        failures,
+        f"Without a network: get {teacher.folder}/{FILE_NAME} from one of those URLs on a connected machine "
+        f"and put it at {dest} (or set ${CACHE_ENV} to a folder holding {teacher.folder}/{FILE_NAME}).",
+    )
+
+
+def _drop_if_damaged(dest: Path, verify: Callable[[Path, str], None], download: bool) -> str:
+    """Delete a cached teacher file that does not load strictly (one warning line); return a note for the
+    error message when it was deleted ('' when the file is fine or absent)."""
+    if not dest.is_file():
+        return ""
+    try:
+        verify(dest, str(dest))
+        return ""
+    except DownloadError as exc:
+        problem = str(exc)
     if not download:
         raise PublishedTeacherError(
-            f"published teacher {spec} is not in the cache: put {teacher.folder}/{FILE_NAME} (from "
-            f"{' or '.join(urls)}) at {dest}"
+            f"{problem}; delete it and run again with downloads allowed to fetch it anew"
         )
-    failures = []
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest.parent.parent / ".fetch.lock")):  # one process downloads, the others wait
-        for source in sources():
-            if dest.is_file():
-                return dest
-            try:
-                source.fetch(teacher, dest, _verifier(teacher))
-                return dest
-            except DownloadError as exc:
-                failures.append(f"  - {exc}")
-    raise DownloadError(
-        f"cannot fetch published teacher {spec}; tried:\n"
-        + "\n".join(failures)
-        + f"\nWithout a network: get {teacher.folder}/{FILE_NAME} from one of {', '.join(urls)} "
-        f"and put it at {dest} (or set ${CACHE_ENV} to a folder holding {teacher.folder}/{FILE_NAME})."
-    )
+    with writable(dest.parent, "the teacher cache", CACHE_FIX):
+        dest.unlink()
+    print(f"warning: {problem}: deleted, fetching it again", file=sys.stderr, flush=True)
+    return f" (the damaged copy in the cache was deleted: {dest})"
+
+
+def _fetch_from_sources(teacher: PublishedTeacher, cache: Path, dest: Path, verify) -> list[str]:
+    """Try each source in turn under the cache's lock; return why each one failed (nothing when one
+    worked). Folders made for the teacher are removed again when nothing was installed."""
+    created = next((p for p in [cache, *cache.parents] if p.exists()), None)
+    failures: list[str] = []
+    lock = EntryLock(cache / ".fetch.lock", teacher.folder, "fetching", patience())
+    try:
+        with writable(cache, "the teacher cache", CACHE_FIX):
+            cache.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        try:
+            others = [
+                (t, cache / t.folder / FILE_NAME, _verifier(t)) for t in TEACHERS.values() if t is not teacher
+            ]
+            for source in sources():
+                if dest.is_file():
+                    break
+                try:
+                    source.fetch(teacher, dest, verify, others)
+                    break
+                except DownloadError as exc:
+                    failures.append(exc.brief)
+        finally:
+            lock.release()
+    finally:
+        if not dest.exists():
+            remove_empty(dest.parent, cache)
+            if created is not None and cache.is_dir() and not any(cache.iterdir()):
+                remove_empty(cache, created)
+    return failures
 
 
 def check_published_accuracy(spec: str | None, top1: float, num_images: int | None = None) -> bool:
@@ -279,6 +317,7 @@ __all__ = [
     "TEACHERS",
     "PublishedTeacher",
     "PublishedTeacherError",
+    "check_eval_dataset",
     "check_published_accuracy",
     "is_published_name",
     "published_teacher",

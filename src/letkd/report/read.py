@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from letkd.engine.rundir import CONFIG, METRICS, SUMMARY, lock_holder
 
 #: config entries that do not change the experiment (besides ``seed``): ignored when grouping runs
@@ -131,23 +129,30 @@ def config_variant(config: dict[str, Any]) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    from letkd.config_files import read_yaml_file
+
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        data = read_yaml_file(path)  # bounded: size, aliases, nesting
+    except ValueError as exc:
         raise ValueError(f"{path.name}: cannot read ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path.name}: not a mapping")
     return data
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
+def _read_metrics(path: Path, live: bool = False) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``; ``live``: the run is still writing it, so a last line being written
+    (not yet a whole JSON object) is left out instead of refused."""
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
+            if live and n == len(lines):
+                break
             raise ValueError(f"{path.name} line {n}: not valid JSON") from None
         if not isinstance(row, dict) or "epoch" not in row:
             raise ValueError(f"{path.name} line {n}: expected an object with 'epoch'")
@@ -161,8 +166,19 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def read_run(folder: Path, include_unfinished: bool = False) -> RunRecord:
-    """Read one run folder; raises ``ValueError`` or ``TypeError`` saying why when it cannot be used."""
+def _percent(value: Any, key: str) -> float | None:
+    """An accuracy from a run's files: None when absent, ``ValueError`` when it is no percentage."""
+    number = _number(value)
+    if value is not None and number is None:
+        raise ValueError(f"{key} is {value!r}, not a number: a damaged or foreign file")
+    if number is not None and not 0.0 <= number <= 100.0:
+        raise ValueError(f"{key} is {number:g}, not a percentage (0 to 100): a damaged or foreign summary")
+    return number
+
+
+def read_run(folder: Path, include_unfinished: bool = False, live: bool = False) -> RunRecord:
+    """Read one run folder; raises ``ValueError`` or ``TypeError`` saying why when it cannot be used.
+    ``live``: a process is still writing the folder (read only with ``include_unfinished``)."""
     config = _read_yaml(folder / CONFIG)
     summary: dict[str, Any] = {}
     if (folder / SUMMARY).is_file():
@@ -174,17 +190,17 @@ def read_run(folder: Path, include_unfinished: bool = False) -> RunRecord:
             raise ValueError(f"{SUMMARY}: not an object")
     elif not include_unfinished:
         raise ValueError(f"no {SUMMARY} (unfinished run; --include-unfinished uses {METRICS})")
-    rows = _read_metrics(folder / METRICS) if (folder / METRICS).is_file() else []
+    rows = _read_metrics(folder / METRICS, live) if (folder / METRICS).is_file() else []
     if not summary and not rows:
         raise ValueError(f"neither {SUMMARY} nor {METRICS}")
-    status = str(summary.get("status", "completed" if summary else "running"))
+    status = "running" if live else str(summary.get("status", "completed" if summary else "running"))
     if summary and status != "completed" and not include_unfinished:
         raise ValueError(f"status {status!r}" + (f": {summary['error']}" if summary.get("error") else ""))
 
-    evaluated = [(int(r["epoch"]), _number(r.get("test_top1"))) for r in rows]
+    evaluated = [(int(r["epoch"]), _percent(r.get("test_top1"), f"{METRICS} test_top1")) for r in rows]
     scores = [(e, a) for e, a in evaluated if a is not None]
-    best = _number(summary.get("best_top1"))
-    last = _number(summary.get("last_top1"))
+    best = _percent(summary.get("best_top1"), f"{SUMMARY} best_top1")
+    last = _percent(summary.get("last_top1"), f"{SUMMARY} last_top1")
     best_epoch = summary.get("best_epoch")
     if best is None and scores:
         best_epoch, best = max(scores, key=lambda ea: (ea[1], -ea[0]))
@@ -271,11 +287,12 @@ def collect_runs(
     for folder in folders:
         try:
             holder = lock_holder(folder)
-            if holder is not None:
+            if holder is not None and not include_unfinished:
                 raise ValueError(
-                    f"another process (pid {holder}) is still writing it; report it when it ends"
+                    f"another process (pid {holder}) is still writing it; report it when it ends (or "
+                    "--include-unfinished)"
                 )
-            records.append(read_run(folder, include_unfinished))
+            records.append(read_run(folder, include_unfinished, live=holder is not None))
         except (ValueError, TypeError, OSError) as exc:  # TypeError: a config value of the wrong type
             if skipped is None:
                 warnings.warn(f"skipping {folder}: {exc}", stacklevel=2)

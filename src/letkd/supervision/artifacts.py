@@ -229,8 +229,11 @@ def build_artifact(
                     f"but the training images give only {data.num_rows} feature rows: set num_templates "
                     f"to at most {data.num_rows} or train on more images (data.train_subset)"
                 )
-            print(kmeans_rows_note(spec.num_templates, data.num_rows, key["max_points_per_centroid"]),
-                  file=sys.stderr, flush=True)
+            print(
+                kmeans_rows_note(spec.num_templates, data.num_rows, key["max_points_per_centroid"]),
+                file=sys.stderr,
+                flush=True,
+            )
             module = fit_codebook(
                 data.rows,
                 spec.num_templates,

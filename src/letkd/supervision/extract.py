@@ -259,9 +259,7 @@ def _stream_rows(
                     rows_fh.truncate(num_rows * d * 4)
                     labels_fh.truncate(num_rows * 8)
                 elif (d, h, w) != shape:
-                    raise ValueError(
-                        f"tap {tap!r} changed shape from {shape} to {(d, h, w)} between batches"
-                    )
+                    raise ValueError(f"tap {tap!r} changed shape from {shape} to {(d, h, w)} between batches")
                 rows = feats.float().permute(0, 2, 3, 1).reshape(b * h * w, d).cpu().numpy()
                 if not np.isfinite(rows).all():
                     first = start // (h * w)

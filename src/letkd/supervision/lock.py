@@ -1,102 +1,11 @@
-"""An exclusive, crash-safe lock on one cache entry: ``<entry>.lock`` held with ``fcntl.flock``.
+"""The lock on one supervision cache entry: :class:`letkd.locks.EntryLock` (shared with the download cache).
 
-The kernel releases a ``flock`` when its holder exits, however it exits (kill -9 included), so a lock is
-never left held by a dead process. The holder writes its pid into the file, which another process waiting
-for the entry names in its message. The file is removed on release; a waiter that acquires a file which
-was removed meanwhile opens the new one (the usual ``flock`` + ``unlink`` protocol), so two processes
-never both hold an entry.
+The kernel releases the ``flock`` when its holder exits (kill -9 included); the file is removed on release
+and names its holder's pid, which a waiting process prints.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import sys
-import time
-from pathlib import Path
-from types import TracebackType
+from letkd.locks import EntryLock
 
-
-def _holder_pid(fd: int) -> str:
-    """The pid written in an open lock file, or ``"unknown"`` when it is empty or unreadable."""
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return "unknown"
-    return text if text.isdigit() else "unknown"
-
-
-class EntryLock:
-    """``with EntryLock(path, what):`` holds the exclusive lock ``path`` on a cache entry.
-
-    A second process (or a second lock object in this one) blocks until the holder releases it, after
-    printing one line ``waiting for another process fitting <what> (pid N); lock file <path>`` on
-    stderr.
-    :attr:`acquired_at` is the time (``time.time()``) the lock was acquired: any temporary file of the
-    entry older than that belongs to an earlier holder, which has finished or died.
-    """
-
-    def __init__(self, path: str | os.PathLike, what: str) -> None:
-        self.path = Path(path)
-        self.what = what
-        self.acquired_at: float | None = None
-        self._fd: int | None = None
-
-    def acquire(self) -> EntryLock:
-        """Block until this process holds the lock; returns ``self``."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        told = False
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if not told:
-                        print(
-                            f"waiting for another process fitting {self.what} (pid {_holder_pid(fd)}); "
-                            f"lock file {self.path}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        told = True
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                if self._is_current(fd):
-                    break
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)  # the holder removed this file on release: lock the new one
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._fd = fd
-        self.acquired_at = time.time()
-        return self
-
-    def _is_current(self, fd: int) -> bool:
-        """Whether the open file ``fd`` is still the file at :attr:`path` (not removed by a past holder)."""
-        try:
-            on_disk = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        mine = os.fstat(fd)
-        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
-
-    def release(self) -> None:
-        """Remove the lock file and release the lock (a no-op when not held)."""
-        if self._fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> EntryLock:
-        return self.acquire()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
+__all__ = ["EntryLock"]
