@@ -188,21 +188,47 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted overrides applied (missing sections are created)."""
+    """Return a copy of ``data`` with dotted overrides applied (missing sections are created).
+
+    A numeric part indexes a list (``method.params.layers.0.alpha=0.5``): the item must exist.
+    """
     import copy
 
     out = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a section")
-            node = node[part]
-        node[path[-1]] = value
+        node: Any = out
+        for n, part in enumerate(path):
+            last = n == len(path) - 1
+            if isinstance(node, list):
+                index = _list_index(text, path[n - 1], part, len(node))
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {path[n - 1]!r} is not a section or a list")
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
     return out
+
+
+def _list_index(text: str, name: str, part: str, length: int) -> int:
+    """``part`` as an index into the list ``name`` of ``length`` items (:class:`ConfigError` if it is not one)."""
+    if not part.isdigit():
+        raise ConfigError(
+            f"override {text!r}: {name!r} is a list; the next part must be an item number, not {part!r}"
+        )
+    index = int(part)
+    if index >= length:
+        items = f"items 0-{length - 1}" if length else "no items"
+        raise ConfigError(f"override {text!r}: {name!r} has {length} item(s) ({items}), no item {index}")
+    return index
 
 
 def format_validation_error(exc: ValidationError, heading: str, prefix: str = "") -> str:
