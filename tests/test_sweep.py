@@ -19,11 +19,13 @@ from letkd.models import create_model, save_weights
 from letkd.sweep import (
     ExecuteRun,
     SlurmOptions,
+    SweepError,
     SweepRun,
     build_grid,
     prepare_dir,
     run_local,
     shared_workers,
+    split_values,
     submit_slurm,
     waves,
     update_manifest,
@@ -265,3 +267,61 @@ def test_manifest_lists_the_runs_of_every_call(workdir, tmp_path):
     assert data["seeds"] == [0, 1, 2] and data["settings"] == {"executor": "slurm"}
     run = next(r for r in data["runs"] if r["folder"] == "digits-kd/seed2")
     assert run["overrides"][-1] == "seed=2" and run["config"].endswith("configs/digits/kd.yaml")
+
+
+def test_grid_is_the_cartesian_product_with_folders_named_by_the_values(workdir, tmp_path):
+    keys = ["method.params.layers.0.subclasses_per_class=1,2", "method.params.layers.1.alpha=0.5,1.0"]
+    grid = build_grid(["configs/digits/letkd2.yaml"], [0, 1], tmp_path, TINY, keys)
+    assert len(grid) == 2 * 2 * 2
+    folders = sorted(Path(r.folder).relative_to(tmp_path).as_posix() for r in grid)
+    assert folders[:2] == ["digits-letkd2/subclasses_per_class=1,alpha=0.5/seed0",
+                           "digits-letkd2/subclasses_per_class=1,alpha=0.5/seed1"]  # fmt: skip
+    assert folders[-1] == "digits-letkd2/subclasses_per_class=2,alpha=1.0/seed1"
+    run = next(r for r in grid if r.folder.endswith("subclasses_per_class=2,alpha=0.5/seed1"))
+    assert run.overrides[-3:] == (keys[0].replace("1,2", "2"), keys[1].replace("0.5,1.0", "0.5"), "seed=1")
+    assert run.title == "digits-letkd2 subclasses_per_class=2,alpha=0.5 seed1"
+    assert run.log == tmp_path / "logs" / "digits-letkd2-subclasses_per_class=2,alpha=0.5-seed1.log"
+    assert len(waves(grid)[0]) == 1  # the first run trains the teacher, the others reuse it
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (["method.params.layers.5.alpha=1,2"], "'layers' has 2 item(s) (items 0-1), no item 5"),
+        (["method.params.layers.1.temperature.x=1,2"], "'temperature' is not a section or a list"),
+        (["train.lr="], "expected KEY=v1,v2,... with no empty value"),
+        (["train.lr=0.1,0.10"], "a value is given twice"),
+        (["train.lr=0.1", "train.lr=0.2"], "given twice; list all its values in one --grid"),
+        (["train.epochs=1,zero"], "train.epochs"),
+    ],
+)
+def test_bad_grids_are_refused(workdir, tmp_path, grid, message):
+    with pytest.raises(SweepError) as exc:
+        build_grid(["configs/digits/letkd2.yaml"], [0], tmp_path, TINY, grid)
+    assert message in str(exc.value)
+    with pytest.raises(SweepError, match="both an override and a --grid key"):
+        build_grid(["configs/digits/letkd2.yaml"], [0], tmp_path, [*TINY, "train.lr=1"], ["train.lr=1,2"])
+    with pytest.raises(SweepError, match=r"letkd2.yaml \(every grid point\): unknown model 'nope'"):
+        build_grid(["configs/digits/letkd2.yaml"], [0], tmp_path, [*TINY, "model.name=nope"], ["train.lr=1,2"])
+    assert split_values("a,[1,2],'x,y', {b: 1, c: 2}") == ["a", "[1,2]", "'x,y'", "{b: 1, c: 2}"]
+
+
+@pytest.mark.slow
+def test_grid_sweep_end_to_end_on_gpu_slots(workdir, tmp_path, capsys):
+    """Two grid points side by side on two emulated GPU slots, the report showing the varied key as a column,
+    and a second call skipping both."""
+    out = tmp_path / "lr"
+    args = ["sweep", "configs/digits/resnet8.yaml", "--grid", "train.lr=0.05,0.2", "--seeds", "1", "--gpus", "0,1",
+            "--out", str(out), *TINY, "train.max_steps_per_epoch=2", "data.batch_size=16"]  # fmt: skip
+    assert cli_main(args) == 0
+    printed = capsys.readouterr()
+    assert "warning: --gpus 0,1: torch sees no CUDA GPU here" in printed.err  # the ids are slots
+    assert "sweep: 2 runs (1 configs x 2 grid points x 1 seeds)" in printed.out
+    assert {p.relative_to(out).as_posix() for p in out.glob("*/*/seed0")} == {
+        "digits-resnet8/lr=0.05/seed0", "digits-resnet8/lr=0.2/seed0"}  # fmt: skip
+    assert cli_main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    table = capsys.readouterr().out
+    assert "| method | lr | n | seeds | epochs |" in table
+    assert "| vanilla | 0.05 | 1 | 0 | 1 |" in table and "| vanilla | 0.2 | 1 | 0 | 1 |" in table
+    assert cli_main(args) == 0
+    assert "0 completed, 2 skipped, 0 failed" in capsys.readouterr().out

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from letkd.sweep.grid import SweepError
+
 EPILOG = """\
 examples:
   letkd sweep configs/digits/vanilla.yaml configs/digits/kd.yaml --seeds 3 --out sweeps/digits
@@ -45,10 +47,10 @@ def _seeds(args: argparse.Namespace) -> list[int]:
         try:
             seeds = [int(s) for s in args.seed_list.split(",") if s.strip()]
         except ValueError:
-            raise SystemExit(f"error: --seed-list {args.seed_list!r}: expected integers, e.g. 0,1,2") from None
+            raise SweepError(f"--seed-list {args.seed_list!r}: expected integers, e.g. 0,1,2") from None
     bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
     if bad:
-        raise SystemExit(f"error: seed {bad[0]} is out of range: seeds are 0 to {MAX_SEED}")
+        raise SweepError(f"seed {bad[0]} is out of range: seeds are 0 to {MAX_SEED}")
     if len(set(seeds)) < len(seeds):
         print(f"warning: --seed-list {args.seed_list}: each seed is run once", file=sys.stderr)
     return list(dict.fromkeys(seeds))
@@ -59,7 +61,7 @@ def _sbatch(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"error: --sbatch {item!r}: expected KEY=VALUE, e.g. --sbatch account=myproject")
+            raise SweepError(f"--sbatch {item!r}: expected KEY=VALUE, e.g. --sbatch account=myproject")
         extra[key.strip().lstrip("-")] = value
     return extra
 
@@ -156,7 +158,6 @@ def _gpus(args: argparse.Namespace) -> list[str] | None:
     """``--gpus`` as ids (None: the visible ones); warns when torch sees no GPU to run them on."""
     if not args.gpus:
         return None
-    from letkd.sweep import SweepError
     from letkd.sweep.local import cuda_device_count
 
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
@@ -171,7 +172,7 @@ def _gpus(args: argparse.Namespace) -> list[str] | None:
 def handle(args: argparse.Namespace) -> int:
     """Handler of ``letkd sweep``; returns 1 when the sweep cannot start or a run failed or never started,
     130 on Ctrl-C and 128 + the signal on SIGTERM/SIGHUP."""
-    from letkd.sweep import SweepError, build_grid
+    from letkd.sweep import build_grid
 
     if not args.items:
         print("error: no config given; usage: letkd sweep CONFIG... [--seeds N] [--out DIR]", file=sys.stderr)
@@ -207,6 +208,11 @@ def _start(args: argparse.Namespace, grid: list, configs: list[str], overrides: 
     )
     from letkd.sweep.grid import unique_configs
 
+    options = SlurmOptions(
+        partition=args.partition, time_min=args.time, gpus_per_job=args.gpus_per_job,
+        cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb, array_parallelism=args.array_parallelism,
+        job_name=args.job_name, sbatch=_sbatch(args.sbatch),
+    )  # fmt: skip
     out = prepare_dir(args.out)
     used = unique_configs(configs)
     if len(used) < len(configs):
@@ -228,11 +234,6 @@ def _start(args: argparse.Namespace, grid: list, configs: list[str], overrides: 
             done = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "not started")
             print(f"sweep: {done}; tables: letkd report {out}")
             return 1 if counts["failed"] or counts["not started"] else 0
-        options = SlurmOptions(
-            partition=args.partition, time_min=args.time, gpus_per_job=args.gpus_per_job,
-            cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb, array_parallelism=args.array_parallelism,
-            job_name=args.job_name, sbatch=_sbatch(args.sbatch),
-        )  # fmt: skip
         try:
             jobs = submit_slurm(grid, out, options, wait=args.wait)
         except (RuntimeError, OSError) as exc:  # no sbatch/srun here, or sbatch refused the job

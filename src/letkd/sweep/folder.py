@@ -1,4 +1,4 @@
-"""The sweep folder: created and checked writable, held by one sweep at a time (``.sweep.lock``), and its
+"""The sweep folder: created and checked writable, held by one sweep at a time (``.lock``), and its
 manifest ``sweep.json`` — validated before use, and only ever added to.
 
 ``sweep.json`` holds every run any call put in the folder (config, seed, overrides, grid point, folder),
@@ -22,7 +22,7 @@ from letkd.sweep.grid import LOGS, SweepError, SweepRun
 from letkd.utils import atomic_write_text
 
 MANIFEST = "sweep.json"
-LOCK = ".sweep.lock"
+LOCK = ".lock"  # as in a run folder: held by the process working in the folder
 #: the keys every run entry of a manifest has, with their types
 _RUN_KEYS = {"folder": str, "config": str, "seed": int, "overrides": list}
 
@@ -44,7 +44,7 @@ def prepare_dir(out_dir: str | Path) -> Path:
 
 @contextlib.contextmanager
 def hold_sweep_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Hold ``out_dir/.sweep.lock`` for the block: a second sweep into the same folder is refused at once
+    """Hold ``out_dir/.lock`` for the block: a second sweep into the same folder is refused at once
     with :class:`SweepError` naming the pid of the one running there."""
     import fcntl
 

@@ -235,22 +235,26 @@ def _check_config(
     except Exception as exc:  # noqa: BLE001 (any problem of the file is reported, with the others)
         problems.append(f"{config}: {error_message(exc)}")
         return None
-    found = []
-    for point in grid_points(axes):
-        where = config + (f" [{_folder_part(short, point)}]" if point else "")
+    found, failed = [], {}
+    points = grid_points(axes)
+    for point in points:
+        label = _folder_part(short, point)
         point_overrides = [*overrides, *(f"{k}={v}" for k, v in point)]
         try:
             cfg = load_config(config, point_overrides)
             check_before_work(cfg)
         except Exception as exc:  # noqa: BLE001
-            problems.append(f"{where}: {error_message(exc)}")
+            failed.setdefault(error_message(exc), []).append(label)
             continue
         for seed in seeds:  # every seed passes the config's checks (range, type)
             try:
                 load_config(config, [*point_overrides, f"seed={seed}"])
             except Exception as exc:  # noqa: BLE001
-                problems.append(f"{where} seed {seed}: {error_message(exc)}")
+                failed.setdefault(error_message(exc), []).append(f"{label} seed {seed}".strip())
         found.append((point, cfg))
+    for message, where in failed.items():  # a problem of several grid points is listed once
+        at = " (every grid point)" if len(where) == len(points) > 1 else f" [{'; '.join(where)}]" if any(where) else ""
+        problems.append(f"{config}{at}: {message}")
     return name, found
 
 
