@@ -6,8 +6,8 @@ import pytest
 
 from letkd.config import ConfigError, apply_overrides, load_config
 
-LAYERS = {"method": {"name": "letkd", "params": {"layers": [{"kind": "subclass", "alpha": 0.2},
-                                                              {"kind": "codebook", "alpha": 0.1}]}}}  # fmt: skip
+TWO_LAYERS = [{"kind": "subclass", "alpha": 0.2}, {"kind": "codebook", "alpha": 0.1}]
+LAYERS = {"method": {"name": "letkd", "params": {"layers": TWO_LAYERS}}}
 
 
 def test_an_index_reaches_one_list_item():

@@ -27,8 +27,8 @@ from letkd.sweep import (
     shared_workers,
     split_values,
     submit_slurm,
-    waves,
     update_manifest,
+    waves,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +149,8 @@ def test_runs_that_train_the_teacher_go_first(workdir, tmp_path):
     assert [r.title for r in first] == ["digits-vanilla seed0", "digits-vanilla seed1", "digits-kd seed0"]
     assert [r.title for r in later] == ["digits-kd seed1", "digits-letkd1 seed0", "digits-letkd1 seed1"]
     save_weights(create_model("resnet20", 10), tmp_path / "t.pt")
-    pinned = build_grid(["configs/digits/kd.yaml"], [0, 1], tmp_path, [f"teacher.checkpoint={tmp_path / 't.pt'}"])
+    given = [f"teacher.checkpoint={tmp_path / 't.pt'}"]
+    pinned = build_grid(["configs/digits/kd.yaml"], [0, 1], tmp_path, given)
     assert len(waves(pinned)) == 1  # a given teacher checkpoint: all in parallel
 
 
@@ -159,11 +160,13 @@ def test_local_executor_packs_runs_per_gpu(tmp_path, monkeypatch):
     script = (
         "import json, os, sys, time; out = sys.argv[1]; os.makedirs(out, exist_ok=True); start = time.time();"
         "time.sleep(1.5); json.dump({'status': 'completed', 'best_top1': 50.0, 'last_top1': 40.0,"
-        " 'gpu': os.environ['CUDA_VISIBLE_DEVICES'], 'start': start, 'end': time.time(), 'extra': sys.argv[2:]},"
+        " 'gpu': os.environ['CUDA_VISIBLE_DEVICES'], 'start': start, 'end': time.time(),"
+        " 'extra': sys.argv[2:]},"
         " open(out + '/summary.json', 'w'))"
     )
     monkeypatch.setattr(SweepRun, "command",
-                        lambda self, resume, extra: [sys.executable, "-c", script, self.folder, *extra])  # fmt: skip
+                        lambda self, resume, extra: [sys.executable, "-c", script, self.folder,
+                                                     *extra])  # fmt: skip
     grid = [SweepRun(config="c.yaml", name="c", seed=s, folder=str(tmp_path / "c" / f"seed{s}"),
                      overrides=(), cwd=str(tmp_path), workers=4) for s in range(4)]  # fmt: skip
     (tmp_path / "logs").mkdir()
@@ -183,11 +186,14 @@ def test_local_executor_packs_runs_per_gpu(tmp_path, monkeypatch):
 def test_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
     """Every way a run can fail is a FAILED line with its cause (never a dead worker), and the others run:
     a letkd error (its one line and the log), a log that cannot be written, anything unexpected."""
-    fails = "import sys; print('epoch 1/2 ...'); print('error: unknown model', repr('x'), file=sys.stderr); sys.exit(3)"
-    ok = "import json, os, sys; os.makedirs(sys.argv[1], exist_ok=True); json.dump({'status': 'completed'}, open(sys.argv[1] + '/summary.json', 'w'))"
+    fails = ("import sys; print('epoch 1/2 ...'); print('error: unknown model', repr('x'), file=sys.stderr);"
+             "sys.exit(3)")
+    ok = ("import json, os, sys; os.makedirs(sys.argv[1], exist_ok=True);"
+          "json.dump({'status': 'completed'}, open(sys.argv[1] + '/summary.json', 'w'))")
     scripts = {0: [fails], 1: [ok], 2: [ok], 3: [ok]}
     monkeypatch.setattr(SweepRun, "command",
-                        lambda self, resume, extra: [sys.executable, "-c", *scripts[self.seed], self.folder])  # fmt: skip
+                        lambda self, resume, extra: [sys.executable, "-c", *scripts[self.seed],
+                                                     self.folder])  # fmt: skip
     real_call = ExecuteRun.__call__
 
     def call(self):
@@ -302,7 +308,8 @@ def test_bad_grids_are_refused(workdir, tmp_path, grid, message):
     with pytest.raises(SweepError, match="both an override and a --grid key"):
         build_grid(["configs/digits/letkd2.yaml"], [0], tmp_path, [*TINY, "train.lr=1"], ["train.lr=1,2"])
     with pytest.raises(SweepError, match=r"letkd2.yaml \(every grid point\): unknown model 'nope'"):
-        build_grid(["configs/digits/letkd2.yaml"], [0], tmp_path, [*TINY, "model.name=nope"], ["train.lr=1,2"])
+        build_grid(["configs/digits/letkd2.yaml"], [0], tmp_path, [*TINY, "model.name=nope"],
+                   ["train.lr=1,2"])
     assert split_values("a,[1,2],'x,y', {b: 1, c: 2}") == ["a", "[1,2]", "'x,y'", "{b: 1, c: 2}"]
 
 
@@ -311,8 +318,9 @@ def test_grid_sweep_end_to_end_on_gpu_slots(workdir, tmp_path, capsys):
     """Two grid points side by side on two emulated GPU slots, the report showing the varied key as a column,
     and a second call skipping both."""
     out = tmp_path / "lr"
-    args = ["sweep", "configs/digits/resnet8.yaml", "--grid", "train.lr=0.05,0.2", "--seeds", "1", "--gpus", "0,1",
-            "--out", str(out), *TINY, "train.max_steps_per_epoch=2", "data.batch_size=16"]  # fmt: skip
+    args = ["sweep", "configs/digits/resnet8.yaml", "--grid", "train.lr=0.05,0.2", "--seeds", "1",
+            "--gpus", "0,1", "--out", str(out), *TINY, "train.max_steps_per_epoch=2",
+            "data.batch_size=16"]  # fmt: skip
     assert cli_main(args) == 0
     printed = capsys.readouterr()
     assert "warning: --gpus 0,1: torch sees no CUDA GPU here" in printed.err  # the ids are slots

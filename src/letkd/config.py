@@ -219,7 +219,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _list_index(text: str, name: str, part: str, length: int) -> int:
-    """``part`` as an index into the list ``name`` of ``length`` items (:class:`ConfigError` if it is not one)."""
+    """``part`` as an index into the list ``name`` of ``length`` items (else :class:`ConfigError`)."""
     if not part.isdigit():
         raise ConfigError(
             f"override {text!r}: {name!r} is a list; the next part must be an item number, not {part!r}"

@@ -1,6 +1,6 @@
-"""Every row of :data:`sweep_cases.SWEEP_CASES` through ``letkd.cli.main`` in-process: the exit status, one clean
-line (no traceback), nothing in the workspace changed (run folders, sweep folders and their manifests), and
-nothing started where the sweep had to refuse."""
+"""Every row of :data:`sweep_cases.SWEEP_CASES` through ``letkd.cli.main`` in-process: the exit status, one
+clean line (no traceback), nothing in the workspace changed (run folders, sweep folders and their
+manifests), and nothing started where the sweep had to refuse."""
 
 from __future__ import annotations
 
@@ -105,7 +105,10 @@ def test_sweep_case_is_clean(case, sweep_space, monkeypatch, capsys):
 
 def test_every_sweep_row_of_the_probe_is_here():
     ids = {c.id.split("-")[0] for c in SWEEP_CASES}
-    expected = {"S1c", "S2a", "S3", "S4a", "S4b", "S4c", "S4d", "S4e", "S4f", "S4g", "S4h", "S4i", "S5", "S5b",
-                "S6", "S7a", "S7b", "S7c", "S7d", "S7e", "S8a", "S8b", "S8d", "S9a", "S9b", "S9c", "S10", "S11",
+    expected = {"S1c", "S2a", "S3", "S4a", "S4b", "S4c", "S4d", "S4e", "S4f", "S4g", "S4h", "S4i", "S5",
+                "S5b", "S6", "S7a", "S7b", "S7c", "S7d", "S7e", "S8a", "S8b", "S8d", "S9a", "S9b", "S9c",
+                "S10", "S11",
                 "S12", "S13", "S15", "S16", "S16b"}  # fmt: skip
-    assert expected <= ids  # S1, S14 and G6 are process tests (test_sweep_processes.py); S8c: the pairs layout
+    assert (
+        expected <= ids
+    )  # S1, S14 and G6 are process tests (test_sweep_processes.py); S8c: the pairs layout

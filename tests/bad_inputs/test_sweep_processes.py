@@ -46,9 +46,21 @@ def test_the_runs_of_a_sweep_die_with_it(tmp_path):
     config = str(ROOT / "configs" / "digits" / "resnet8.yaml")
     sweeps = {}
     for case in CASES:
-        cmd = [sys.executable, "-m", "letkd", "sweep", config, "--seeds", "1", "--out", str(tmp_path / case), *ENDLESS]
+        cmd = [
+            sys.executable,
+            "-m",
+            "letkd",
+            "sweep",
+            config,
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path / case),
+            *ENDLESS,
+        ]
         sweeps[case] = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+                                        stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)  # fmt: skip
     folders = {case: tmp_path / case / "digits-resnet8" / "seed0" for case in CASES}
     try:
         for case, folder in folders.items():

@@ -1,5 +1,5 @@
-"""``letkd sweep CONFIG... --seeds N [--grid KEY=v1,v2] [--out DIR]``: every config × grid point × seed as a run
-folder, here or on SLURM."""
+"""``letkd sweep CONFIG... --seeds N [--grid KEY=v1,v2] [--out DIR]``: every config × grid point × seed as a
+run folder, here or on SLURM."""
 
 from __future__ import annotations
 
@@ -165,7 +165,8 @@ def _gpus(args: argparse.Namespace) -> list[str] | None:
         raise SweepError(f"--gpus {args.gpus!r}: expected GPU ids, e.g. 0,1")
     if cuda_device_count() == 0:
         print(f"warning: --gpus {args.gpus}: torch sees no CUDA GPU here; each id is a slot for "
-              f"{args.runs_per_gpu} run(s) at a time, and the runs train on the CPU", file=sys.stderr)  # fmt: skip
+              f"{args.runs_per_gpu} run(s) at a time, and the runs train on the CPU",
+              file=sys.stderr)  # fmt: skip
     return gpus
 
 

@@ -1,4 +1,4 @@
-"""Is the run in a folder the run asked for? The check behind ``letkd run --resume`` and a sweep's skip/resume.
+"""Is the run in a folder the run asked for? The check behind ``letkd run --resume`` and a sweep's skips.
 
 A run folder's ``config.yaml`` is compared with the resolved config asked for (overrides included), key by
 key. Settings that say where or how visibly a run executes (:data:`RUNTIME_KEYS`: data root, workers,
@@ -92,7 +92,9 @@ def _same_path(a: Any, b: Any) -> bool:
 
 
 def _short(value: Any) -> str:
-    text = "(none)" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else repr(value)
+    text = (
+        "(none)" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else repr(value)
+    )
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -146,7 +148,8 @@ def config_differences(stored: dict[str, Any], asked: dict[str, Any], epochs_don
 
 def run_differences(folder: str | Path, cfg: RunConfig) -> list[str]:
     """What keeps the run in ``folder`` from being the run ``cfg`` asks for (empty: it is that run, so it may
-    be resumed or, if complete, kept). ``cfg`` should have ``model.num_classes`` resolved, as a run stores it."""
+    be resumed or, if complete, kept). ``cfg`` should have ``model.num_classes`` resolved (runs store it so).
+    """
     path = Path(folder) / CONFIG
     try:
         stored = yaml.safe_load(path.read_text())

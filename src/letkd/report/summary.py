@@ -69,7 +69,9 @@ def _mean_curve(records: Sequence[RunRecord]) -> list[tuple[int, float]]:
     return [(e, statistics.fmean(v)) for e, v in sorted(by_epoch.items())]
 
 
-def seed_values(records: Sequence[RunRecord], value: Callable[[RunRecord], float | None]) -> list[tuple[int, float]]:
+def seed_values(
+    records: Sequence[RunRecord], value: Callable[[RunRecord], float | None]
+) -> list[tuple[int, float]]:
     """``(seed, value)`` once per distinct seed, sorted by seed: the mean over a seed's runs (repeats), runs
     without a value left out."""
     by_seed: dict[int, list[float]] = {}

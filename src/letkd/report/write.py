@@ -50,7 +50,8 @@ def to_markdown(rows: Sequence[GroupRow]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
         cells = [
-            r.dataset, r.teacher or "—", r.student, r.table_label or r.display or r.label, *(r.varied.get(k, "—") for k in varied),
+            r.dataset, r.teacher or "—", r.student, r.table_label or r.display or r.label,
+            *(r.varied.get(k, "—") for k in varied),
             _n_cell(r), seeds_text(r.seeds), r.epochs or "—", _pm(r.best_mean, r.best_std),
             _pm(r.last_mean, r.last_std), _opt(r.teacher_top1, ".2f"), _count(r.extra_parameters),
             _opt(r.seconds_per_epoch, ".1f"),

@@ -69,4 +69,3 @@ def check_existing(grid: Sequence[SweepRun]) -> None:
         )
     if problems:
         raise SweepError(listing("cannot start the sweep", problems))
-

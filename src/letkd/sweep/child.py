@@ -1,5 +1,5 @@
-"""``python -m letkd.sweep.child SWEEP_PID ARGS...``: ``letkd ARGS`` in a process that dies with the sweep that
-started it. On Linux it asks for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so a sweep killed
+"""``python -m letkd.sweep.child SWEEP_PID ARGS...``: ``letkd ARGS`` in a process that dies with the sweep
+that started it. On Linux it asks for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so a sweep killed
 outright (``kill -9``) leaves no run training on behind it; a sweep already gone when the run starts stops
 it at once."""
 

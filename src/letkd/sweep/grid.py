@@ -7,11 +7,13 @@ grid point, where ``<key>`` is the shortest ending of the dotted key that tells 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,8 @@ from letkd.engine.identity import short_keys
 if TYPE_CHECKING:
     from letkd.config import RunConfig
 
+#: the sections of a config that :func:`letkd.pipeline.check_before_work` reads
+_CHECKED_SECTIONS = ("data", "model", "teacher", "method")
 #: the longest file name most file systems accept (bytes)
 NAME_MAX = 255
 LOGS = "logs"
@@ -103,7 +107,7 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_grid(options: Sequence[str], overrides: Sequence[str] = ()) -> list[tuple[str, str, list[str]]]:
-    """``--grid KEY=v1,v2`` options → ``[(key, short key, [value texts])]``; :class:`SweepError` if malformed."""
+    """``--grid KEY=v1,v2`` options → ``[(key, short key, [value texts])]``; else :class:`SweepError`."""
     import yaml
 
     from letkd.config import ConfigError, parse_override
@@ -136,8 +140,11 @@ def parse_grid(options: Sequence[str], overrides: Sequence[str] = ()) -> list[tu
 
 
 def grid_points(grid: Sequence[tuple[str, str, list[str]]]) -> list[tuple[tuple[str, str], ...]]:
-    """The Cartesian product of the grid's values as ``((key, value), ...)`` tuples (one empty point if none)."""
-    return [tuple(zip([k for k, _, _ in grid], combo)) for combo in itertools.product(*(v for _, _, v in grid))]
+    """The Cartesian product of the grid's values as ``((key, value), ...)`` tuples (one empty point
+    if none)."""
+    return [
+        tuple(zip([k for k, _, _ in grid], combo)) for combo in itertools.product(*(v for _, _, v in grid))
+    ]
 
 
 def _folder_part(short: Sequence[str], point: Sequence[tuple[str, str]]) -> str:
@@ -152,7 +159,8 @@ def _name_problems(name: str, parts: Sequence[str], seeds: Sequence[int]) -> lis
             if len(file_name.encode()) > NAME_MAX:
                 what = f"{len(name)} characters" if file_name != part else f"grid point {part[:40]}..."
                 return [f"name {name[:40]!r}... ({what}) makes the file name {file_name[:40]}... longer than "
-                        f"{NAME_MAX} bytes (DIR/<name>/ and DIR/logs/<name>-seed<s>.log); set a shorter name"]  # fmt: skip
+                        f"{NAME_MAX} bytes (DIR/<name>/ and DIR/logs/<name>-seed<s>.log); "
+                        "set a shorter name"]  # fmt: skip
     return []
 
 
@@ -177,7 +185,8 @@ def build_grid(
     runs: list[SweepRun] = []
     names: dict[str, str] = {}
     for config in unique_configs(configs):
-        found = _check_config(config, overrides, axes, seeds, problems)
+        with _one_thread():  # the checks run tiny forward passes: threads only contend
+            found = _check_config(config, overrides, axes, seeds, problems)
         if found is None:
             continue
         name, cfgs = found
@@ -212,7 +221,9 @@ def listing(heading: str, problems: Sequence[str]) -> str:
     """``heading: problem`` or, for several, ``heading (N problems): (1) ... (2) ...``."""
     if len(problems) == 1:
         return f"{heading}: {problems[0]}"
-    return f"{heading} ({len(problems)} problems): " + " ".join(f"({n}) {p}" for n, p in enumerate(problems, 1))
+    return f"{heading} ({len(problems)} problems): " + " ".join(
+        f"({n}) {p}" for n, p in enumerate(problems, 1)
+    )
 
 
 def _check_config(
@@ -237,12 +248,17 @@ def _check_config(
         return None
     found, failed = [], {}
     points = grid_points(axes)
+    checked: set[str] = set()
     for point in points:
         label = _folder_part(short, point)
         point_overrides = [*overrides, *(f"{k}={v}" for k, v in point)]
         try:
             cfg = load_config(config, point_overrides)
-            check_before_work(cfg)
+            dump = cfg.model_dump(mode="json")
+            key = json.dumps({k: dump[k] for k in _CHECKED_SECTIONS}, sort_keys=True)
+            if key not in checked:  # grid points differing elsewhere (lr, epochs) share one check
+                check_before_work(cfg)
+                checked.add(key)
         except Exception as exc:  # noqa: BLE001
             failed.setdefault(error_message(exc), []).append(label)
             continue
@@ -253,9 +269,27 @@ def _check_config(
                 failed.setdefault(error_message(exc), []).append(f"{label} seed {seed}".strip())
         found.append((point, cfg))
     for message, where in failed.items():  # a problem of several grid points is listed once
-        at = " (every grid point)" if len(where) == len(points) > 1 else f" [{'; '.join(where)}]" if any(where) else ""
+        at = (
+            " (every grid point)"
+            if len(where) == len(points) > 1
+            else f" [{'; '.join(where)}]"
+            if any(where)
+            else ""
+        )
         problems.append(f"{config}{at}: {message}")
     return name, found
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def unique_configs(configs: Sequence[str | Path]) -> list[str]:

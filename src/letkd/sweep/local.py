@@ -186,7 +186,9 @@ def run_local(
     return counts
 
 
-def _wait_for(done: Callable[[], bool], stopping: threading.Event, children: _Children, echo: Printer) -> None:
+def _wait_for(
+    done: Callable[[], bool], stopping: threading.Event, children: _Children, echo: Printer
+) -> None:
     """Wait until ``done()``; on Ctrl-C or SIGTERM/SIGHUP pass the signal on to the runs in progress, wait
     for them (``STOP_GRACE`` seconds, or until a second Ctrl-C; then they are killed) and re-raise.
 
@@ -203,7 +205,10 @@ def _wait_for(done: Callable[[], bool], stopping: threading.Event, children: _Ch
             echo(f"stopping: {exc} received; {live} run(s) in progress stopped (each resumes from its last "
                  "end-of-epoch checkpoint when the sweep runs again)")  # fmt: skip
         else:
-            echo(f"interrupted: the {live} run(s) in progress save their last.pt; run the sweep again to resume")
+            echo(
+                f"interrupted: the {live} run(s) in progress save their last.pt; "
+                "run the sweep again to resume"
+            )
         deadline = time.monotonic() + STOP_GRACE
         try:
             while not done() and time.monotonic() < deadline:

@@ -1,5 +1,5 @@
-"""One grid point as a job: skip it (complete), resume it (``last.pt``) or start it afresh, and say in one line
-how it ended — the outcome of a finished run, or the cause of a failed one with its log."""
+"""One grid point as a job: skip it (complete), resume it (``last.pt``) or start it afresh, and say in one
+line how it ended — the outcome of a finished run, or the cause of a failed one with its log."""
 
 from __future__ import annotations
 
@@ -135,7 +135,12 @@ class ExecuteRun:
                 fh.flush()
                 start = fh.tell()
                 proc = subprocess.Popen(
-                    cmd, cwd=self.run.cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+                    cmd,
+                    cwd=self.run.cwd,
+                    env=env,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
                 code = self._wait(proc)
             with open(self.log, errors="replace") as fh:

@@ -1,5 +1,5 @@
-"""The SLURM executor: the grid's unfinished runs as submitit array jobs, each job running ``letkd run`` in its
-own process; the runs that reuse a teacher trained on first use wait (``--dependency=afterany``) for the
+"""The SLURM executor: the grid's unfinished runs as submitit array jobs, each job running ``letkd run`` in
+its own process; the runs that reuse a teacher trained on first use wait (``--dependency=afterany``) for the
 array that trains it."""
 
 from __future__ import annotations
