@@ -255,7 +255,8 @@ def test_command_help_is_complete(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     words = ("--seeds", "--out", "--executor", "--partition", "--time", "--gpus-per-job", "--cpus-per-job",
-             "--mem-gb", "--array-parallelism", "--sbatch", "sweep.json", "letkd report")  # fmt: skip
+             "--mem-gb", "--array-parallelism", "--sbatch", "sweep.json", "letkd report", "--grid",
+             "--runs-per-gpu", "subclasses_per_class")  # fmt: skip
     for word in words:
         assert word in text, word
     assert cli_main(["sweep", CONFIGS[0], "--seeds", "0"]) == 1
@@ -288,6 +289,9 @@ def test_grid_is_the_cartesian_product_with_folders_named_by_the_values(workdir,
     assert run.title == "digits-letkd2 subclasses_per_class=2,alpha=0.5 seed1"
     assert run.log == tmp_path / "logs" / "digits-letkd2-subclasses_per_class=2,alpha=0.5-seed1.log"
     assert len(waves(grid)[0]) == 1  # the first run trains the teacher, the others reuse it
+    lists = build_grid([CONFIGS[0]], [0], tmp_path, TINY, ["train.schedule.milestones=[2,4],[3,6]"])
+    assert [Path(r.folder).parent.name for r in lists] == ["milestones=[2_4]", "milestones=[3_6]"]
+    assert lists[1].overrides[-2] == "train.schedule.milestones=[3,6]"
 
 
 @pytest.mark.parametrize(
@@ -297,6 +301,7 @@ def test_grid_is_the_cartesian_product_with_folders_named_by_the_values(workdir,
         (["method.params.layers.1.temperature.x=1,2"], "'temperature' is not a section or a list"),
         (["train.lr="], "expected KEY=v1,v2,... with no empty value"),
         (["train.lr=0.1,0.10"], "a value is given twice"),
+        (["name=a b,a_b"], "two values give the same folder name"),
         (["train.lr=0.1", "train.lr=0.2"], "given twice; list all its values in one --grid"),
         (["train.epochs=1,zero"], "train.epochs"),
     ],

@@ -28,7 +28,7 @@ _CHECKED_SECTIONS = ("data", "model", "teacher", "method")
 #: the longest file name most file systems accept (bytes)
 NAME_MAX = 255
 LOGS = "logs"
-_SAFE = re.compile(r"[^A-Za-z0-9._+\-]")
+_SAFE = re.compile(r"[^A-Za-z0-9._+\-\[\]]")
 
 
 class SweepError(ValueError):
@@ -108,30 +108,30 @@ def split_values(text: str) -> list[str]:
 
 def parse_grid(options: Sequence[str], overrides: Sequence[str] = ()) -> list[tuple[str, str, list[str]]]:
     """``--grid KEY=v1,v2`` options → ``[(key, short key, [value texts])]``; else :class:`SweepError`."""
-    import yaml
-
     from letkd.config import ConfigError, parse_override
 
     problems, keys, values = [], [], []
     overridden = {o.split("=", 1)[0] for o in overrides}
     for option in options:
         key, sep, text = option.partition("=")
-        try:
-            parse_override(option)
+        items = split_values(text) if sep else []
+        try:  # the key and every value, as the override each grid point becomes
+            parsed = [parse_override(f"{key}={item}")[1] for item in items or [""]]
         except ConfigError as exc:
             problems.append(f"--grid {option!r}: {exc}")
             continue
-        items = split_values(text) if sep else []
         if not items or "" in items:
             problems.append(f"--grid {option!r}: expected KEY=v1,v2,... with no empty value")
         elif key in keys:
             problems.append(f"--grid {key}: given twice; list all its values in one --grid")
         elif key in overridden:
             problems.append(f"{key}: both an override and a --grid key; keep one")
+        elif len({repr(p) for p in parsed}) < len(parsed):
+            problems.append(f"--grid {option!r}: a value is given twice")
+        elif len({_SAFE.sub("_", item) for item in items}) < len(items):
+            problems.append(f"--grid {option!r}: two values give the same folder name (characters other than "
+                            "letters, digits and ._+-[] become _)")  # fmt: skip
         else:
-            parsed = [yaml.safe_load(v) for v in items]
-            if len({repr(p) for p in parsed}) < len(parsed):
-                problems.append(f"--grid {option!r}: a value is given twice")
             keys.append(key)
             values.append(items)
     if problems:
