@@ -46,3 +46,4 @@ def test_list_item_override_is_validated_like_the_file(tmp_path):
     assert apply_overrides({"a": []}, []) == {"a": []}
     with pytest.raises(ConfigError, match="has 0 item"):
         apply_overrides({"a": []}, ["a.0=1"])
+

@@ -116,8 +116,8 @@ def _same_lr_schedule(stored: dict[str, Any], asked: dict[str, Any], epochs_done
         old, new = TrainConfig.model_validate(stored), TrainConfig.model_validate(asked)
     except ValueError:
         return False
-    if epochs_done >= new.epochs:
-        return False  # nothing would be left to train for the asked number of epochs... or less
+    if epochs_done > new.epochs:
+        return False  # it trained more epochs than the run asked for has
     points = _LR_POINTS if old.schedule.per_step or new.schedule.per_step else 1
     last = min(epochs_done + 1, old.epochs, new.epochs)
     return all(

@@ -92,24 +92,34 @@ def _stop_signals() -> Iterator[None]:
 
 
 class _Children:
-    """The processes of the runs in progress, to pass a signal on to."""
+    """The processes of the runs in progress, to pass a signal on to. Once a signal was passed on, a run
+    started afterwards (its worker was already on its way) gets it as soon as it is added."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.procs: set[subprocess.Popen] = set()
+        self.stop_signal: int | None = None
 
     def add(self, proc: subprocess.Popen) -> None:
         with self.lock:
             self.procs.add(proc)
+            late = self.stop_signal
+        if late is not None:
+            _signal_group(proc, late)
 
     def signal(self, signum: int) -> int:
         """Send ``signum`` to every live run's process group; returns how many there were."""
         with self.lock:  # returncode: set by the thread waiting for it (poll() may not see it meanwhile)
+            self.stop_signal = signum
             live = [p for p in self.procs if p.returncode is None]
         for proc in live:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signum)
+            _signal_group(proc, signum)
         return len(live)
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
 
 
 def run_local(
