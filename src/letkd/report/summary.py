@@ -154,9 +154,20 @@ def summarize(records: Sequence[RunRecord]) -> list[GroupRow]:
                 settings=first.settings,
             )
         )
-    _set_varied(rows)
+    keys = _set_varied(rows)
+    rows.sort(key=lambda row: _order(row, keys))
     _set_display_labels(rows)
     return rows
+
+
+def _order(row: GroupRow, keys: Sequence[str]) -> tuple:
+    """Rows by dataset, teacher, student, method, config, then the varied settings' values (numbers by value:
+    lr 0.05 before 0.2)."""
+    values = tuple(
+        (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, repr(v))
+        for v in (row.settings.get(k) for k in keys)
+    )
+    return (row.dataset, row.teacher or "", row.student, row.label, row.config, values, row.variant)
 
 
 def varied_keys(rows: Sequence[GroupRow]) -> list[str]:
@@ -179,10 +190,12 @@ def _value_text(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
-def _set_varied(rows: Sequence[GroupRow]) -> None:
+def _set_varied(rows: Sequence[GroupRow]) -> list[str]:
+    """Set each row's :attr:`GroupRow.varied`; returns the varied dotted keys."""
     keys = varied_keys(rows)
     for row in rows:
         row.varied = {short: _value_text(row.settings.get(key)) for key, short in zip(keys, short_keys(keys))}
+    return keys
 
 
 def _set_display_labels(rows: list[GroupRow]) -> None:
