@@ -319,22 +319,24 @@ def test_bad_grids_are_refused(workdir, tmp_path, grid, message):
 
 
 @pytest.mark.slow
-def test_grid_sweep_end_to_end_on_gpu_slots(workdir, tmp_path, capsys):
-    """Two grid points side by side on two emulated GPU slots, the report showing the varied key as a column,
-    and a second call skipping both."""
+def test_grid_sweep_end_to_end(workdir, tmp_path, capsys):
+    """Two grid points run (in this process, through submitit's debug executor), the report showing the
+    varied key as a column, and ``letkd sweep`` on two emulated GPU slots skipping both."""
     out = tmp_path / "lr"
-    args = ["sweep", "configs/digits/resnet8.yaml", "--grid", "train.lr=0.05,0.2", "--seeds", "1",
-            "--gpus", "0,1", "--out", str(out), *TINY, "train.max_steps_per_epoch=2",
-            "data.batch_size=16"]  # fmt: skip
-    assert cli_main(args) == 0
-    printed = capsys.readouterr()
-    assert "warning: --gpus 0,1: torch sees no CUDA GPU here" in printed.err  # the ids are slots
-    assert "sweep: 2 runs (1 configs x 2 grid points x 1 seeds)" in printed.out
+    fast = [*TINY, "train.max_steps_per_epoch=2", "data.batch_size=16"]
+    grid = build_grid(["configs/digits/resnet8.yaml"], [0], out, fast, ["train.lr=0.05,0.2"])
+    prepare_dir(out)
+    assert len(submit_slurm(grid, out, SlurmOptions(), cluster="debug", echo=lambda line: None)) == 2
     assert {p.relative_to(out).as_posix() for p in out.glob("*/*/seed0")} == {
         "digits-resnet8/lr=0.05/seed0", "digits-resnet8/lr=0.2/seed0"}  # fmt: skip
     assert cli_main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
     table = capsys.readouterr().out
     assert "| method | lr | n | seeds | epochs |" in table
     assert "| vanilla | 0.05 | 1 | 0 | 1 |" in table and "| vanilla | 0.2 | 1 | 0 | 1 |" in table
+    args = ["sweep", "configs/digits/resnet8.yaml", "--grid", "train.lr=0.05,0.2", "--seeds", "1",
+            "--gpus", "0,1", "--out", str(out), *fast]  # fmt: skip
     assert cli_main(args) == 0
-    assert "0 completed, 2 skipped, 0 failed" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "warning: --gpus 0,1: torch sees no CUDA GPU here" in printed.err  # the ids are slots (S14)
+    assert "sweep: 2 runs (1 configs x 2 grid points x 1 seeds)" in printed.out
+    assert "0 completed, 2 skipped, 0 failed" in printed.out
