@@ -154,10 +154,23 @@ def _override_key_problem(key: str) -> str | None:
     return None
 
 
-def _configs_and_overrides(tokens: list[str]) -> tuple[list[str], list[str]]:
-    configs = [t for t in tokens if t.endswith((".yaml", ".yml")) and not t.startswith("-")]
-    overrides = [t for t in tokens if OVERRIDE.match(t) and t.lower() != "key=value"]  # not the synopsis
-    return configs, overrides
+def _configs_and_overrides(tokens: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """The configs, the overrides and the ``--grid`` values (``KEY=v1,v2``) of a command's tokens."""
+    grids = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "--grid"]
+    grids += [t.split("=", 1)[1] for t in tokens if t.startswith("--grid=")]
+    rest = [t for i, t in enumerate(tokens) if not (i and tokens[i - 1] == "--grid")]
+    configs = [t for t in rest if t.endswith((".yaml", ".yml")) and not t.startswith("-")]
+    overrides = [t for t in rest if OVERRIDE.match(t) and t.lower() != "key=value"]  # not the synopsis
+    return configs, overrides, grids
+
+
+def _grid_points(grids: list[str]) -> list[list[str]]:
+    """The overrides of every point of ``--grid`` options (one empty point without any)."""
+    from letkd.sweep.grid import grid_points, parse_grid
+
+    if not grids or any(g.split("=", 1)[0].upper() == g.split("=", 1)[0] for g in grids):
+        return [[]]  # none, or the synopsis (KEY=v1,v2,...)
+    return [[f"{key}={value}" for key, value in point] for point in grid_points(parse_grid(grids))]
 
 
 def _check_overrides(configs: list[str], overrides: list[str]) -> list[str]:
@@ -200,9 +213,15 @@ def check_letkd(argv: list[str], full_parse: bool = True) -> list[str]:
             except SystemExit as exc:
                 if exc.code:
                     problems.append(f"letkd {' '.join(argv)}: {err.getvalue().strip().splitlines()[-1]}")
-    configs, overrides = _configs_and_overrides(tokens)
+    configs, overrides, grids = _configs_and_overrides(tokens)
     problems += [p for c in configs for p in check_repo_path(c)]
-    return problems or _check_overrides(configs, overrides)
+    if problems:
+        return problems
+    try:
+        points = _grid_points(grids)
+    except Exception as exc:  # noqa: BLE001  (reported as a problem of the doc line)
+        return [f"--grid {grids}: {exc}"]
+    return [p for point in points for p in _check_overrides(configs, overrides + point)]
 
 
 def check_command(line: str) -> list[str]:

@@ -194,9 +194,9 @@ def test_runs_differing_in_more_than_seed_are_separate_groups(tmp_path):
     rows = summarize(collect_runs([base]))
     assert sorted(r.n for r in rows) == [1, 1, 2]
     shown = sorted(r.display for r in rows)
-    assert shown[0].startswith("letkd1 (digits-a #") and shown[1].startswith("letkd1 (digits-a #")
-    assert shown[2] == "letkd1 (other-name)"
-    assert len({r.display for r in rows}) == 3
+    assert shown == ["letkd1 (digits-a, lr=0.05)", "letkd1 (digits-a, lr=0.2)", "letkd1 (other-name)"]
+    assert sorted(r.table_label for r in rows) == ["letkd1 (digits-a)"] * 2 + ["letkd1 (other-name)"]
+    assert "| method | lr | n |" in to_markdown(rows)  # the setting that differs is a column
 
 
 def test_bad_runs_are_skipped_with_reasons(runs):

@@ -15,15 +15,20 @@ import pytest
 import yaml
 
 from letkd.cli import main as cli_main
+from letkd.models import create_model, save_weights
 from letkd.sweep import (
+    ExecuteRun,
     SlurmOptions,
+    SweepError,
     SweepRun,
     build_grid,
     prepare_dir,
     run_local,
+    shared_workers,
+    split_values,
     submit_slurm,
+    update_manifest,
     waves,
-    write_manifest,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +108,9 @@ def test_second_call_skips_finished_runs(sweep, capsys):
 
 @pytest.mark.slow
 def test_local_executor_resumes_an_interrupted_run(sweep, tmp_path, capsys):
-    """A folder with last.pt but no completed summary continues from its checkpoint (epoch 0 is kept)."""
+    """A folder with last.pt but no completed summary continues from its checkpoint (epoch 0 is kept), here
+    to two epochs: the learning rate of the epoch trained (a cosine schedule's first) is the same under both
+    numbers of epochs, so continuing it gives the two-epoch run asked for."""
     out = tmp_path / "copy"
     shutil.copytree(sweep[0], out)
     folder = out / "digits-kd" / "seed1"
@@ -111,11 +118,11 @@ def test_local_executor_resumes_an_interrupted_run(sweep, tmp_path, capsys):
     summary = json.loads((folder / "summary.json").read_text())
     (folder / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
     others = {k: v for k, v in _mtimes(out).items() if not k.startswith("digits-kd/seed1")}
-    # two epochs now: the completed runs are skipped, the interrupted one trains its second epoch only
-    args = ["sweep", *CONFIGS, "--seeds", "2", "--out", str(out), *TINY, "train.epochs=2"]
+    # two epochs now: the interrupted run trains its second epoch only
+    args = ["sweep", CONFIGS[1], "--seed-list", "1", "--out", str(out), *TINY, "train.epochs=2"]
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
-    assert "start  digits-kd seed1 (resuming)" in printed and printed.count("skip ") == 3
+    assert "start  digits-kd seed1 (resuming)" in printed
     assert "done   digits-kd seed1: completed" in printed
     rows = (folder / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2 and rows[0] == first_epoch
@@ -136,62 +143,77 @@ def test_report_pairs_on_the_sweep_folder(sweep, tmp_path, capsys):
     assert (tmp_path / "r" / "pairs.md").is_file() and (tmp_path / "r" / "pairs.csv").is_file()
 
 
-def test_bad_input_is_refused_before_anything_starts(workdir, tmp_path, capsys):
-    out = tmp_path / "never"
-    assert cli_main(["sweep", "configs/digits/nope.yaml", CONFIGS[0], "--out", str(out)]) == 1
-    assert "config file not found: configs/digits/nope.yaml" in capsys.readouterr().err
-    assert cli_main(["sweep", *CONFIGS, "--out", str(out), "method.params.bogus=1"]) == 1
-    err = capsys.readouterr().err
-    assert "bogus" in err and "kd.yaml" in err
-    assert cli_main(["sweep", *CONFIGS, "--out", str(out), "train.epochs=zero"]) == 1
-    assert "train.epochs" in capsys.readouterr().err
-    assert not out.exists()
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    assert cli_main(["sweep", CONFIGS[0], "--seeds", "1", "--out", str(blocker / "sub")]) == 1
-    assert "cannot write to the sweep folder" in capsys.readouterr().err
-    assert cli_main(["sweep", CONFIGS[0], CONFIGS[0], "--out", str(out)]) == 1
-    assert "same name" in capsys.readouterr().err
-
-
 def test_runs_that_train_the_teacher_go_first(workdir, tmp_path):
     grid = build_grid(CONFIGS + ["configs/digits/letkd1.yaml"], [0, 1], tmp_path, TINY)
     first, later = waves(grid)
     assert [r.title for r in first] == ["digits-vanilla seed0", "digits-vanilla seed1", "digits-kd seed0"]
     assert [r.title for r in later] == ["digits-kd seed1", "digits-letkd1 seed0", "digits-letkd1 seed1"]
-    pinned = build_grid(["configs/digits/kd.yaml"], [0, 1], tmp_path, ["teacher.checkpoint=t.pt"])
+    save_weights(create_model("resnet20", 10), tmp_path / "t.pt")
+    given = [f"teacher.checkpoint={tmp_path / 't.pt'}"]
+    pinned = build_grid(["configs/digits/kd.yaml"], [0, 1], tmp_path, given)
     assert len(waves(pinned)) == 1  # a given teacher checkpoint: all in parallel
 
 
-def test_local_executor_pins_one_gpu_per_process(tmp_path, monkeypatch):
-    """With GPUs 0 and 1, four runs go two at a time, each process seeing one GPU."""
+def test_local_executor_packs_runs_per_gpu(tmp_path, monkeypatch):
+    """GPUs 0 and 1 emulated as slots, 2 runs per GPU: four runs at once, two pinned to each GPU, each with
+    half of the data-loader workers of one run."""
     script = (
-        "import json, os, sys, time; out = sys.argv[1]; os.makedirs(out, exist_ok=True); time.sleep(0.5);"
-        "json.dump({'status': 'completed', 'best_top1': 50.0, 'last_top1': 40.0,"
-        " 'gpu': os.environ['CUDA_VISIBLE_DEVICES'], 'start': time.time()}, open(out + '/summary.json', 'w'))"
+        "import json, os, sys, time; out = sys.argv[1]; os.makedirs(out, exist_ok=True); start = time.time();"
+        "time.sleep(1.5); json.dump({'status': 'completed', 'best_top1': 50.0, 'last_top1': 40.0,"
+        " 'gpu': os.environ['CUDA_VISIBLE_DEVICES'], 'start': start, 'end': time.time(),"
+        " 'extra': sys.argv[2:]},"
+        " open(out + '/summary.json', 'w'))"
     )
-    monkeypatch.setattr(SweepRun, "command", lambda self, resume: [sys.executable, "-c", script, self.folder])
+    monkeypatch.setattr(SweepRun, "command",
+                        lambda self, resume, extra: [sys.executable, "-c", script, self.folder,
+                                                     *extra])  # fmt: skip
     grid = [SweepRun(config="c.yaml", name="c", seed=s, folder=str(tmp_path / "c" / f"seed{s}"),
-                     overrides=(), cwd=str(tmp_path)) for s in range(4)]  # fmt: skip
+                     overrides=(), cwd=str(tmp_path), workers=4) for s in range(4)]  # fmt: skip
     (tmp_path / "logs").mkdir()
     lines: list[str] = []
-    assert run_local(grid, gpus=["0", "1"], echo=lines.append) == {"completed": 4, "skipped": 0, "failed": 0}
+    counts = run_local(grid, gpus=["0", "1"], echo=lines.append, runs_per_gpu=2)
+    assert counts == {"completed": 4, "skipped": 0, "failed": 0, "not started": 0}
     summaries = [json.loads(Path(r.folder, "summary.json").read_text()) for r in grid]
     assert sorted(s["gpu"] for s in summaries) == ["0", "0", "1", "1"]
+    assert max(s["start"] for s in summaries) < min(s["end"] for s in summaries)  # all four at once
+    assert all(s["extra"] == ["data.num_workers=2"] for s in summaries)  # 4 workers shared by 2 runs
     assert sum("on GPU 0" in l for l in lines) == 2 and sum("on GPU 1" in l for l in lines) == 2
     assert all("best top-1 50.00%, last top-1 40.00%" in l for l in lines if l.startswith("done"))
+    assert shared_workers(None, 1) == () and shared_workers(0, 3) == ("data.num_workers=0",)
+    assert shared_workers(3, 2) == ("data.num_workers=1",)
 
 
 def test_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        SweepRun, "command", lambda self, resume: [sys.executable, "-c", "raise SystemExit(3)"]
-    )
+    """Every way a run can fail is a FAILED line with its cause (never a dead worker), and the others run:
+    a letkd error (its one line and the log), a log that cannot be written, anything unexpected."""
+    fails = ("import sys; print('epoch 1/2 ...'); print('error: unknown model', repr('x'), file=sys.stderr);"
+             "sys.exit(3)")
+    ok = ("import json, os, sys; os.makedirs(sys.argv[1], exist_ok=True);"
+          "json.dump({'status': 'completed'}, open(sys.argv[1] + '/summary.json', 'w'))")
+    scripts = {0: [fails], 1: [ok], 2: [ok], 3: [ok]}
+    monkeypatch.setattr(SweepRun, "command",
+                        lambda self, resume, extra: [sys.executable, "-c", *scripts[self.seed],
+                                                     self.folder])  # fmt: skip
+    real_call = ExecuteRun.__call__
+
+    def call(self):
+        if self.run.seed == 3:
+            raise ValueError("something unexpected")
+        return real_call(self)
+
+    monkeypatch.setattr(ExecuteRun, "__call__", call)
     grid = [SweepRun(config="c.yaml", name="c", seed=s, folder=str(tmp_path / "c" / f"seed{s}"),
-                     overrides=(), cwd=str(tmp_path)) for s in range(2)]  # fmt: skip
-    (tmp_path / "logs").mkdir()
+                     overrides=(), cwd=str(tmp_path), sweep_dir=str(tmp_path)) for s in range(4)]  # fmt: skip
+    (tmp_path / "logs" / "c-seed1.log").mkdir(parents=True)  # the log of seed 1 cannot be written
     lines: list[str] = []
-    assert run_local(grid, gpus=[], echo=lines.append)["failed"] == 2
-    assert sum(l.startswith("FAILED c seed") and "status 3" in l and "log:" in l for l in lines) == 2
+    counts = run_local(grid, gpus=[], echo=lines.append)
+    assert counts == {"completed": 1, "skipped": 0, "failed": 3, "not started": 0}
+    failed = {int(l.split()[2].removeprefix("seed").rstrip(":")): l for l in lines if l.startswith("FAILED")}
+    assert "FAILED c seed0: unknown model 'x' (exit status 3); log: " in failed[0]
+    assert str(tmp_path / "logs" / "c-seed0.log") in failed[0]
+    assert "cannot write its log: Is a directory: " in failed[1]
+    assert failed[3].startswith("FAILED c seed3: something unexpected")
+    assert any(l.startswith("done   c seed2: completed") for l in lines)
 
 
 def test_slurm_submission_writes_the_sbatch_options(tmp_path, monkeypatch):
@@ -233,16 +255,17 @@ def test_command_help_is_complete(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     words = ("--seeds", "--out", "--executor", "--partition", "--time", "--gpus-per-job", "--cpus-per-job",
-             "--mem-gb", "--array-parallelism", "--sbatch", "sweep.json", "letkd report")  # fmt: skip
+             "--mem-gb", "--array-parallelism", "--sbatch", "sweep.json", "letkd report", "--grid",
+             "--runs-per-gpu", "subclasses_per_class")  # fmt: skip
     for word in words:
         assert word in text, word
     assert cli_main(["sweep", CONFIGS[0], "--seeds", "0"]) == 1
-    assert "--seeds must be at least 1" in capsys.readouterr().err
+    assert "--seeds 0: must be 1 to 1000" in capsys.readouterr().err
 
 
 def test_manifest_lists_the_runs_of_every_call(workdir, tmp_path):
-    write_manifest(tmp_path, build_grid(CONFIGS[:1], [0, 1], tmp_path, TINY), {"executor": "local"})
-    write_manifest(tmp_path, build_grid(CONFIGS, [1, 2], tmp_path, TINY), {"executor": "slurm"})
+    update_manifest(tmp_path, build_grid(CONFIGS[:1], [0, 1], tmp_path, TINY), {"executor": "local"})
+    update_manifest(tmp_path, build_grid(CONFIGS, [1, 2], tmp_path, TINY), {"executor": "slurm"})
     data = json.loads((tmp_path / "sweep.json").read_text())
     assert sorted(r["folder"] for r in data["runs"]) == [
         "digits-kd/seed1", "digits-kd/seed2", "digits-vanilla/seed0", "digits-vanilla/seed1",
@@ -251,3 +274,69 @@ def test_manifest_lists_the_runs_of_every_call(workdir, tmp_path):
     assert data["seeds"] == [0, 1, 2] and data["settings"] == {"executor": "slurm"}
     run = next(r for r in data["runs"] if r["folder"] == "digits-kd/seed2")
     assert run["overrides"][-1] == "seed=2" and run["config"].endswith("configs/digits/kd.yaml")
+
+
+def test_grid_is_the_cartesian_product_with_folders_named_by_the_values(workdir, tmp_path):
+    keys = ["method.params.layers.0.subclasses_per_class=1,2", "method.params.layers.1.alpha=0.5,1.0"]
+    grid = build_grid(["configs/digits/letkd2.yaml"], [0, 1], tmp_path, TINY, keys)
+    assert len(grid) == 2 * 2 * 2
+    folders = sorted(Path(r.folder).relative_to(tmp_path).as_posix() for r in grid)
+    assert folders[:2] == ["digits-letkd2/subclasses_per_class=1,alpha=0.5/seed0",
+                           "digits-letkd2/subclasses_per_class=1,alpha=0.5/seed1"]  # fmt: skip
+    assert folders[-1] == "digits-letkd2/subclasses_per_class=2,alpha=1.0/seed1"
+    run = next(r for r in grid if r.folder.endswith("subclasses_per_class=2,alpha=0.5/seed1"))
+    assert run.overrides[-3:] == (keys[0].replace("1,2", "2"), keys[1].replace("0.5,1.0", "0.5"), "seed=1")
+    assert run.title == "digits-letkd2 subclasses_per_class=2,alpha=0.5 seed1"
+    assert run.log == tmp_path / "logs" / "digits-letkd2-subclasses_per_class=2,alpha=0.5-seed1.log"
+    assert len(waves(grid)[0]) == 1  # the first run trains the teacher, the others reuse it
+    lists = build_grid([CONFIGS[0]], [0], tmp_path, TINY, ["train.schedule.milestones=[2,4],[3,6]"])
+    assert [Path(r.folder).parent.name for r in lists] == ["milestones=[2_4]", "milestones=[3_6]"]
+    assert lists[1].overrides[-2] == "train.schedule.milestones=[3,6]"
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (["method.params.layers.5.alpha=1,2"], "'layers' has 2 item(s) (items 0-1), no item 5"),
+        (["method.params.layers.1.temperature.x=1,2"], "'temperature' is not a section or a list"),
+        (["train.lr="], "expected KEY=v1,v2,... with no empty value"),
+        (["train.lr=0.1,0.10"], "a value is given twice"),
+        (["name=a b,a_b"], "two values give the same folder name"),
+        (["train.lr=0.1", "train.lr=0.2"], "given twice; list all its values in one --grid"),
+        (["train.epochs=1,zero"], "train.epochs"),
+    ],
+)
+def test_bad_grids_are_refused(workdir, tmp_path, grid, message):
+    with pytest.raises(SweepError) as exc:
+        build_grid(["configs/digits/letkd2.yaml"], [0], tmp_path, TINY, grid)
+    assert message in str(exc.value)
+    with pytest.raises(SweepError, match="both an override and a --grid key"):
+        build_grid(["configs/digits/letkd2.yaml"], [0], tmp_path, [*TINY, "train.lr=1"], ["train.lr=1,2"])
+    with pytest.raises(SweepError, match=r"letkd2.yaml \(every grid point\): unknown model 'nope'"):
+        build_grid(["configs/digits/letkd2.yaml"], [0], tmp_path, [*TINY, "model.name=nope"],
+                   ["train.lr=1,2"])
+    assert split_values("a,[1,2],'x,y', {b: 1, c: 2}") == ["a", "[1,2]", "'x,y'", "{b: 1, c: 2}"]
+
+
+@pytest.mark.slow
+def test_grid_sweep_end_to_end(workdir, tmp_path, capsys):
+    """Two grid points run (in this process, through submitit's debug executor), the report showing the
+    varied key as a column, and ``letkd sweep`` on two emulated GPU slots skipping both."""
+    out = tmp_path / "lr"
+    fast = [*TINY, "train.max_steps_per_epoch=2", "data.batch_size=16"]
+    grid = build_grid(["configs/digits/resnet8.yaml"], [0], out, fast, ["train.lr=0.05,0.2"])
+    prepare_dir(out)
+    assert len(submit_slurm(grid, out, SlurmOptions(), cluster="debug", echo=lambda line: None)) == 2
+    assert {p.relative_to(out).as_posix() for p in out.glob("*/*/seed0")} == {
+        "digits-resnet8/lr=0.05/seed0", "digits-resnet8/lr=0.2/seed0"}  # fmt: skip
+    assert cli_main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    table = capsys.readouterr().out
+    assert "| method | lr | n | seeds | epochs |" in table
+    assert "| vanilla | 0.05 | 1 | 0 | 1 |" in table and "| vanilla | 0.2 | 1 | 0 | 1 |" in table
+    args = ["sweep", "configs/digits/resnet8.yaml", "--grid", "train.lr=0.05,0.2", "--seeds", "1",
+            "--gpus", "0,1", "--out", str(out), *fast]  # fmt: skip
+    assert cli_main(args) == 0
+    printed = capsys.readouterr()
+    assert "warning: --gpus 0,1: torch sees no CUDA GPU here" in printed.err  # the ids are slots (S14)
+    assert "sweep: 2 runs (1 configs x 2 grid points x 1 seeds)" in printed.out
+    assert "0 completed, 2 skipped, 0 failed" in printed.out

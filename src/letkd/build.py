@@ -88,7 +88,14 @@ def build_teacher(cfg: RunConfig, num_classes: int, checkpoint: str | None) -> n
         raise ConfigError("the config has no teacher section")
     teacher = create_model(tcfg.name, tcfg.num_classes or num_classes, **tcfg.kwargs)
     if checkpoint is not None:
-        load_weights(teacher, checkpoint)
+        info = load_weights(teacher, checkpoint)
+        recorded = info.get("meta") if isinstance(info.get("meta"), dict) else info  # letkd's run files
+        trained_on = recorded.get("dataset")
+        if isinstance(trained_on, str) and trained_on != cfg.data.name:
+            _log(
+                f"warning: the teacher {checkpoint} was trained on {trained_on}, this run distils on "
+                f"{cfg.data.name}: its knowledge may not transfer (is it the right checkpoint?)"
+            )
     return teacher.eval().requires_grad_(False)
 
 

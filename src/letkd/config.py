@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from letkd.config_files import absolute_paths, check_expanded_size, read_yaml_file, unknown_key_hint
+from letkd.config_overrides import apply_overrides
 from letkd.errors import ConfigError
 
 #: the largest run seed: every consumer (torch, numpy's legacy seeding, samplers) takes 32 bits
@@ -275,38 +276,6 @@ class RunConfig(_Strict):
         if not data["imports"]:
             del data["imports"]  # configs without plugins keep the text (and the hashes) they always had
         return yaml.safe_dump(data, sort_keys=False)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b.c=value`` into the key path and a YAML-parsed value."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value")
-    key, raw = text.split("=", 1)
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
-    return key.split("."), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted overrides applied (missing sections are created)."""
-    import copy
-
-    out = copy.deepcopy(data)
-    for text in overrides:
-        path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a section")
-            node = node[part]
-        node[path[-1]] = value
-    return out
 
 
 def format_validation_error(

@@ -34,6 +34,7 @@ from letkd.build import (
 from letkd.checkpoints import CheckpointError
 from letkd.config import ConfigError, RunConfig, load_config
 from letkd.engine import distributed as dist_utils
+from letkd.engine.identity import check_resumable
 from letkd.engine.loaders import build_test_loader, build_train_loader
 from letkd.engine.rundir import (
     CONFIG,
@@ -68,20 +69,10 @@ def ensure_teacher_checkpoint(cfg: RunConfig, device: torch.device) -> str | Non
     if published.is_published_name(tcfg.checkpoint):  # crd:<arch>, fetched into the cache
         return str(published.resolve_teacher_checkpoint(tcfg.checkpoint, arch=tcfg.name))
     if tcfg.checkpoint:
-        if not Path(tcfg.checkpoint).is_file():
-            raise ConfigError(
-                f"teacher checkpoint not found: {tcfg.checkpoint} "
-                "(set teacher.checkpoint=PATH, or teacher.train_config to train one first)"
-            )
-        return tcfg.checkpoint
+        return _teacher_file(cfg)
     if not tcfg.train_config:
         return None
-    teacher_cfg = load_config(tcfg.train_config)
-    if teacher_cfg.model.name != tcfg.name:
-        raise ConfigError(
-            f"teacher.train_config {tcfg.train_config} trains {teacher_cfg.model.name!r}, "
-            f"but teacher.name is {tcfg.name!r}"
-        )
+    teacher_cfg = _teacher_train_config(cfg)
     folder = teacher_run_dir(teacher_cfg)
     summary = folder / SUMMARY
     if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
@@ -105,6 +96,52 @@ def ensure_teacher_checkpoint(cfg: RunConfig, device: torch.device) -> str | Non
             f"teacher training did not complete: {result.get('status')} ({result.get('error')})"
         )
     return str(folder / LAST)
+
+
+def _teacher_file(cfg: RunConfig) -> str:
+    """``teacher.checkpoint`` (a file path), checked to exist."""
+    assert cfg.teacher is not None and cfg.teacher.checkpoint
+    if not Path(cfg.teacher.checkpoint).is_file():
+        raise ConfigError(
+            f"teacher checkpoint not found: {cfg.teacher.checkpoint} "
+            "(set teacher.checkpoint=PATH, or teacher.train_config to train one first)"
+        )
+    return cfg.teacher.checkpoint
+
+
+def _teacher_train_config(cfg: RunConfig) -> RunConfig:
+    """The config named by ``teacher.train_config``, checked to train the model ``teacher.name`` names."""
+    tcfg = cfg.teacher
+    assert tcfg is not None and tcfg.train_config
+    teacher_cfg = load_config(tcfg.train_config)
+    if teacher_cfg.model.name != tcfg.name:
+        raise ConfigError(
+            f"teacher.train_config {tcfg.train_config} trains {teacher_cfg.model.name!r}, "
+            f"but teacher.name is {tcfg.name!r}"
+        )
+    return teacher_cfg
+
+
+def check_before_work(cfg: RunConfig) -> tuple[Any, Any, int]:
+    """Every cheap check of a run, before anything expensive: the method and its params, a teacher where
+    the method needs one, the class count, models, taps and grids (:func:`letkd.build.check_run`), and the
+    files the config names (teacher checkpoint or the config that trains it, student checkpoint). Returns
+    ``(method class, params, number of classes)``; raises :class:`ConfigError` (or the registry's error)
+    naming the problem. ``letkd sweep`` runs it for every run before the first one starts."""
+    method_cls, params = method_and_params(cfg)
+    if cfg.teacher is None and method_cls.requires_teacher:
+        raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
+    num_classes = resolve_num_classes(cfg)
+    check_run(cfg, params, num_classes)
+    tcfg = cfg.teacher
+    if tcfg is not None and not published.is_published_name(tcfg.checkpoint):
+        if tcfg.checkpoint:
+            _teacher_file(cfg)
+        elif tcfg.train_config:
+            _teacher_train_config(cfg)
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
+        raise ConfigError(f"model.checkpoint not found: {cfg.model.checkpoint}")
+    return method_cls, params, num_classes
 
 
 def teacher_accuracy(
@@ -193,22 +230,23 @@ def _run(
 ) -> dict[str, Any]:
     """One run in an already initialised process (group): build everything, train, summarise.
 
-    The models, taps and grids are checked (:func:`letkd.build.check_run`) and the run folder is claimed
-    (:func:`letkd.engine.rundir.claim_run_dir`) before anything expensive.
+    The cheap checks run (:func:`check_before_work`) and the run folder is claimed
+    (:func:`letkd.engine.rundir.claim_run_dir`) before anything expensive; a resumed folder must hold the
+    run asked for (:func:`letkd.engine.identity.check_resumable`).
     """
     if resume and run_dir is not None and not (Path(run_dir) / LAST).is_file():
         resume = _nothing_to_resume(Path(run_dir))
-    method_cls, params = method_and_params(cfg)  # bad params fail before any expensive stage
-    if cfg.teacher is None and method_cls.requires_teacher:
-        raise ConfigError(f"method {cfg.method.name!r} needs a 'teacher' section in the config")
-    num_classes = resolve_num_classes(cfg)
-    check_run(cfg, params, num_classes)  # models, taps, grids, memory: before any expensive stage
+    method_cls, params, num_classes = check_before_work(cfg)
     check_inputs(cfg)  # data, teacher checkpoint, cache folder: every missing one at once
     check_subsets(cfg)
     folder = resolve_run_dir(cfg, run_dir, resume)
     info = dist_utils.current_info()
     claim = claim_run_dir(folder, resume, overwrite) if info.is_main else contextlib.nullcontext(folder)
     with claim:
+        if resume and info.is_main:  # only the run asked for is continued
+            asked = cfg.model_copy(deep=True)
+            asked.model.num_classes = num_classes  # as the run stored it
+            check_resumable(folder, asked)
         return _build_and_train(cfg, folder, resume, device, method_cls, params, num_classes)
 
 

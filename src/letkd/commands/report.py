@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         SkippedRun,
         collect_runs,
         paper_tables,
+        repeat_notes,
         summarize,
         tables_markdown,
         to_markdown,
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: no usable runs found", file=sys.stderr)
         return 1
     rows = summarize(records)
+    for note in repeat_notes(rows):
+        print(f"warning: {note}", file=sys.stderr)
     written = write_outputs(rows, args.out, skipped)
     if args.layout == "pairs":
         tables = paper_tables(records)

@@ -34,13 +34,14 @@ from letkd.report.read import (
     read_run,
     strip_seed_suffix,
 )
-from letkd.report.summary import GroupRow, summarize
+from letkd.report.summary import GroupRow, seed_values, summarize
 from letkd.report.write import (
     CSV,
     CSV_COLUMNS,
     MARKDOWN,
     PLOT,
     plot_accuracy,
+    repeat_notes,
     to_csv,
     to_markdown,
     write_outputs,
@@ -72,7 +73,9 @@ __all__ = [
     "tables_markdown",
     "plot_accuracy",
     "read_run",
+    "repeat_notes",
     "strip_seed_suffix",
+    "seed_values",
     "summarize",
     "to_csv",
     "to_markdown",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from letkd.engine.identity import flat_settings, normalized
 from letkd.engine.rundir import CONFIG, METRICS, SUMMARY, lock_holder
 
 #: config entries that do not change the experiment (besides ``seed``): ignored when grouping runs
@@ -83,6 +84,9 @@ class RunRecord:
     last_top5: float | None = None
     epochs: list[int] = field(default_factory=list)
     test_top1: list[float | None] = field(default_factory=list)
+    epochs_done: int | None = None  # epochs trained (summary.json, else the rows of metrics.jsonl)
+    epochs_planned: int | None = None  # train.epochs of its config
+    settings: dict[str, Any] = field(default_factory=dict)  # experiment_settings of its config
 
     @property
     def group_key(self) -> tuple[str, str, str, str, str, str]:
@@ -104,28 +108,28 @@ def strip_seed_suffix(name: str) -> str:
     return stripped or name
 
 
-def config_variant(config: dict[str, Any]) -> str:
-    """Short hash of ``config`` without the :data:`IGNORED_KEYS` (equal for runs that differ only by seed).
+def experiment_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``config`` that define the experiment, as ``{dotted key: value}`` (list items numbered,
+    ``method.params.layers.0.alpha``), without the :data:`IGNORED_KEYS`.
 
     A config that parses is first completed with the defaults of every key it leaves out, so a run saved
-    before a new option existed groups with later runs that use that option's default.
+    before a new option existed compares equal to later runs that use that option's default.
     """
-    import copy
+    ignored = tuple(".".join(path) for path in IGNORED_KEYS)
+    return {
+        key: value
+        for key, value in flat_settings(normalized(config)).items()
+        if not any(key == i or key.startswith(i + ".") for i in ignored)
+    }
 
-    from letkd.config import ConfigError, config_from_dict
 
-    try:
-        data = config_from_dict(copy.deepcopy(config)).model_dump(mode="json")
-    except (ConfigError, ValueError, TypeError):
-        data = copy.deepcopy(config)
-    for path in IGNORED_KEYS:
-        node = data
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+def config_variant(config: dict[str, Any]) -> str:
+    """Short hash of :func:`experiment_settings` (equal for runs that differ only by seed)."""
+    return _digest(experiment_settings(config))
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -223,6 +227,9 @@ def read_run(folder: Path, include_unfinished: bool = False, live: bool = False)
     if seconds is None and rows:
         per_epoch = [s for s in (_number(r.get("seconds")) for r in rows) if s is not None]
         seconds = statistics.fmean(per_epoch) if per_epoch else None
+    settings = experiment_settings(config)
+    done = summary.get("epochs_done")
+    planned = settings.get("train.epochs")
     return RunRecord(
         path=folder,
         name=strip_seed_suffix(str(config.get("name") or folder.parent.name)),
@@ -232,7 +239,7 @@ def read_run(folder: Path, include_unfinished: bool = False, live: bool = False)
         student=str(section("model").get("name", "?")),
         method=method,
         label=method_label(method, section("method").get("params")),
-        variant=config_variant(config),
+        variant=_digest(settings),
         status=status,
         best_top1=best,
         last_top1=last,
@@ -248,6 +255,9 @@ def read_run(folder: Path, include_unfinished: bool = False, live: bool = False)
         last_top5=last_top5,
         epochs=[e for e, _ in evaluated],
         test_top1=[a for _, a in evaluated],
+        epochs_done=done if isinstance(done, int) and not isinstance(done, bool) else len(rows),
+        epochs_planned=planned if isinstance(planned, int) and not isinstance(planned, bool) else None,
+        settings=settings,
     )
 
 
