@@ -38,7 +38,7 @@ from letkd.engine import distributed as dist_utils
 from letkd.engine.loaders import build_test_loader, build_train_loader
 from letkd.engine.rundir import LAST, SUMMARY, claim_run_dir, default_run_dir, latest_run_dir
 from letkd.engine.trainer import Trainer, evaluate
-from letkd.models import published
+from letkd.models import published, torchvision_weights
 from letkd.utils import atomic_write_text, seed_everything, sha256_file
 
 TEACHER_RUNS = Path("runs") / "teachers"
@@ -59,6 +59,8 @@ def ensure_teacher_checkpoint(cfg: RunConfig, device: torch.device) -> str | Non
     assert tcfg is not None
     if published.is_published_name(tcfg.checkpoint):  # crd:<arch>, fetched into the cache
         return str(published.resolve_teacher_checkpoint(tcfg.checkpoint, arch=tcfg.name))
+    if torchvision_weights.is_weights_name(tcfg.checkpoint):  # torchvision:IMAGENET1K_V1, hash-checked
+        return str(torchvision_weights.resolve_weights_checkpoint(tcfg.checkpoint, tcfg.name))
     if tcfg.checkpoint:
         if not Path(tcfg.checkpoint).is_file():
             raise ConfigError(

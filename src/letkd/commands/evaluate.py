@@ -11,12 +11,15 @@ examples:
   letkd eval --checkpoint runs/digits-resnet8/20240101-120000/best.pt --data digits
   letkd eval --model resnet56 --checkpoint saved_models/resnet56_vanilla/ckpt_epoch_240.pth --data cifar100
   letkd eval --checkpoint crd:resnet56 --data cifar100 --download
+  letkd eval --checkpoint torchvision:IMAGENET1K_V1 --model torchvision:resnet34 --data imagenet
 
 Checkpoints written by 'letkd train' carry the model name, the number of classes and the KD layers
 grafted into the student, so --model and --num-classes are optional for them; grafts are re-applied
 before the (strict) weight loading. Other files (RepDistiller/CRD, plain state_dicts) need --model.
 A published teacher (crd:resnet56, crd:wrn_40_2, ...: docs/models.md) is fetched into the cache; on the
 whole CIFAR-100 test set its top-1 must be within 0.2 points of the published figure (exit status 1 if not).
+torchvision:<WEIGHTS> (with a torchvision --model) is that model's torchvision weights file, fetched and
+hash-checked by torchvision (docs/paper.md).
 """
 
 
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from letkd.device import select_device
     from letkd.engine.evaluation import evaluate
     from letkd.engine.loaders import auto_num_workers
-    from letkd.models import published
+    from letkd.models import published, torchvision_weights
 
     # failures (checkpoint, dataset, device) are raised and reported as one line by letkd.cli.main
     if args.batch_size < 1:
@@ -70,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     if published.is_published_name(spec):
         checkpoint = str(published.resolve_teacher_checkpoint(spec, arch=args.model))
         model_name = published.published_teacher(spec).arch
+    elif torchvision_weights.is_weights_name(spec):  # torchvision:IMAGENET1K_V1 of --model
+        if not model_name:
+            raise ConfigError(f"--checkpoint {spec} needs --model (e.g. torchvision:resnet34)")
+        checkpoint = str(torchvision_weights.resolve_weights_checkpoint(spec, model_name))
     model, meta = load_student(checkpoint, model_name, args.num_classes, args.data)
     _warn_dataset_mismatch(meta, args.data, dataset_info(args.data).num_classes)
     dataset = create_dataset(args.data, args.split, root=args.root, transform="test", download=args.download)
