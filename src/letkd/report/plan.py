@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,12 @@ def plan_entry(entry: PaperEntry, results: PaperResults, root: Path, seconds: di
     return EntryPlan(entry, plans, teachers)
 
 
+def _wrapped(label: str, text: str, width: int = 110) -> list[str]:
+    """``  label     text`` wrapped to ``width`` with the text's column kept."""
+    return textwrap.wrap(text, width, initial_indent=f"  {label:<8}  ", subsequent_indent=" " * 12,
+                         break_on_hyphens=False)  # fmt: skip
+
+
 def _hours(h: float) -> str:
     return f"≈ {h:,.0f} GPU-hours" if h >= 10 else f"≈ {h:,.1f} GPU-hours"
 
@@ -138,7 +145,7 @@ def overview(plans: list[EntryPlan], seconds: dict[str, float]) -> str:
     lines = []
     for p in plans:
         e = p.entry
-        lines += [f"{e.id:<7} {e.title}", f"  measures  {e.measures}"]
+        lines += [f"{e.id:<7} {e.title}", *_wrapped("measures", e.measures)]
         for s in p.sweeps:
             grid = f" x {s.sweep.grid_points} grid points" if s.sweep.grid else ""
             configs = ", ".join(s.sweep.configs)
@@ -156,12 +163,13 @@ def overview(plans: list[EntryPlan], seconds: dict[str, float]) -> str:
         trained = (
             f" + {len(p.teachers)} teacher{'s' * (len(p.teachers) != 1)} trained first" if p.teachers else ""
         )
-        lines.append(f"  runs      {p.runs} ({e.trials} seed{'s' * (e.trials != 1)} per setting){trained}, "
+        seeds = "/".join(str(n) for n in sorted({s.sweep.seeds for s in p.sweeps}))
+        lines.append(f"  runs      {p.runs} ({seeds} seed{'s' * (seeds != '1')} per setting){trained}, "
                      f"{_hours(p.gpu_hours)} (estimated)")  # fmt: skip
         for i, command in enumerate(e.commands()):
             lines.append(f"  {'commands' if i == 0 else '':<8}  {command}")
         if e.notes:
-            lines.append(f"  notes     {e.notes}")
+            lines += _wrapped("notes", e.notes)
         for s in p.sweeps:
             lines += [f"  warning   {problem}" for problem in s.problems]
             if s.unpriced:
@@ -171,9 +179,11 @@ def overview(plans: list[EntryPlan], seconds: dict[str, float]) -> str:
         lines.append("")
     secs = ", ".join(f"{d} {v:g} s" for d, v in seconds.items())
     head = [
-        f"The tables and figures of the letKD paper (BMVC 2023): {len(plans)} entries, {len(keys)} runs "
-        f"(+ {len(teachers)} teachers trained first), {_hours(total_hours)} in all (estimated).",
-        ESTIMATE_NOTE.format(seconds=secs),
+        *textwrap.wrap(
+            f"The tables and figures of the letKD paper (BMVC 2023): {len(plans)} entries, {len(keys)} runs "
+            f"(+ {len(teachers)} teachers trained first), {_hours(total_hours)} in all (estimated).", 110
+        ),
+        *textwrap.wrap(ESTIMATE_NOTE.format(seconds=secs), 110, break_on_hyphens=False),
         "'letkd paper ID' prints the commands of one entry; 'letkd report DIR --layout ID' its table.",
         "",
     ]
