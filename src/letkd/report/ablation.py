@@ -10,7 +10,6 @@ its own table, the paper's setting first.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from typing import Any
 import yaml
 
 from letkd.probe import PROBE_FILE
-from letkd.report.paper import PaperCell, _fill, _pm, _signed
+from letkd.report.paper import PaperCell, _fill, _pm, _signed, csv_text
 from letkd.report.paper_data import PaperEntry, Row
 from letkd.report.read import RunRecord, method_label
 
@@ -215,16 +214,11 @@ LAYOUT_CSV_COLUMNS = ["table", "setting", "row", "n", "seeds", "best_mean", "bes
 
 def layout_csv(tables: Sequence[LayoutTable]) -> str:
     """Every row of every table as one CSV line, at full precision."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LAYOUT_CSV_COLUMNS)
-    for t in tables:
-        for row in t.rows:
-            b, last = row.best, row.last
-            values = [t.entry.id, _setting_text(t.setting), row.label, b.n, ";".join(map(str, b.seeds)),
-                      b.mean, b.std, last.mean, last.std, b.paper, b.diff]  # fmt: skip
-            writer.writerow(["" if v is None else v for v in values])
-    return buf.getvalue()
+    return csv_text(LAYOUT_CSV_COLUMNS, (
+        [t.entry.id, _setting_text(t.setting), row.label, row.best.n, ";".join(map(str, row.best.seeds)),
+         row.best.mean, row.best.std, row.last.mean, row.last.std, row.best.paper, row.best.diff]
+        for t in tables for row in t.rows
+    ))  # fmt: skip
 
 
 def plot_curve(tables: Sequence[LayoutTable]) -> bytes:

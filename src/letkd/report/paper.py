@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,23 +234,23 @@ PAIRS_CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-def tables_csv(tables: Sequence[PaperTable]) -> str:
-    """Every cell with a number (ours or the paper's) as one CSV line, at full precision."""
+def csv_text(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A CSV with a header line; ``None`` becomes an empty field, numbers keep full precision."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(PAIRS_CSV_COLUMNS)
-    for t in tables:
-        for row in t.rows:
-            for column in t.columns:
-                c = t.cell(row, column)
-                if not c.n and c.paper is None:
-                    continue
-                values = [
-                    t.title, t.dataset, t.metric, t.epoch, row, column, c.n, ";".join(map(str, c.seeds)),
-                    c.mean, c.std, c.paper, c.paper_std, c.diff, ";".join(c.configs),
-                ]  # fmt: skip
-                writer.writerow(["" if v is None else v for v in values])
+    writer.writerow(columns)
+    writer.writerows(["" if v is None else v for v in row] for row in rows)
     return buf.getvalue()
+
+
+def tables_csv(tables: Sequence[PaperTable]) -> str:
+    """Every cell with a number (ours or the paper's) as one CSV line, at full precision."""
+    cells = [(t, row, column, t.cell(row, column)) for t in tables for row in t.rows for column in t.columns]
+    return csv_text(PAIRS_CSV_COLUMNS, (
+        [t.title, t.dataset, t.metric, t.epoch, row, column, c.n, ";".join(map(str, c.seeds)),
+         c.mean, c.std, c.paper, c.paper_std, c.diff, ";".join(c.configs)]
+        for t, row, column, c in cells if c.n or c.paper is not None
+    ))  # fmt: skip
 
 
 def write_paper_tables(
