@@ -143,6 +143,12 @@ def test_table4_reads_the_probes_of_the_runs(sweep, tmp_path, capsys):
     ]
     assert rows["α_inter = 0: KD-layer input x (= output)"][1:3] == ["1", "52.71"]
     assert "no probe.json" not in text
+    # a plain student at a named tap: one feature set
+    plain_run = str(sweep / "vanilla" / "seed0")
+    assert cli_main(["probe", plain_run, "--tap", "layer2", "--json", "--device", "cpu"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["path"] == "layer2" and list(plain["features"]) == ["tap"]
+    assert plain["features"]["tap"]["dim"] == 32 and 0 <= plain["features"]["tap"]["test_top1"] <= 100
 
 
 def test_fig1_is_a_plot_with_the_papers_points(sweep, tmp_path, capsys):

@@ -45,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Handler of ``letkd probe``; every run folder found is probed (exit status 1 if one fails)."""
     import sys
+    from pathlib import Path
 
     from letkd.config import ConfigError
     from letkd.probe import probe_lines, probe_run
@@ -56,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if not folders:
         raise ConfigError(f"no run folders (with config.yaml) in {' '.join(args.runs)}")
     failed = 0
+    here = Path.cwd()
     for folder in folders:
+        folder = folder.relative_to(here) if folder.is_relative_to(here) else folder  # shorter lines
         try:
             result = probe_run(
                 folder, args.tap, args.checkpoint, args.device, args.train_subset, args.batch_size,
