@@ -74,6 +74,8 @@ def restore_plugins(monkeypatch):
     monkeypatch.setattr(sys, "path", list(path))
     yield
     for name in set(sys.modules) - before:
-        origin = getattr(sys.modules[name], "__file__", None) or ""
-        if not origin.startswith(installed):
+        module = sys.modules[name]
+        # a namespace package (google, for google.protobuf) has no __file__: its folders tell where it is
+        origins = [getattr(module, "__file__", None) or "", *list(getattr(module, "__path__", None) or [])]
+        if not any(str(o).startswith(installed) for o in origins if o):
             del sys.modules[name]

@@ -154,11 +154,14 @@ def _override_key_problem(key: str) -> str | None:
     return None
 
 
-def _configs_and_overrides(tokens: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """The configs, the overrides and the ``--grid`` values (``KEY=v1,v2``) of a command's tokens."""
+def _configs_and_overrides(
+    tokens: list[str], takes_value: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str], list[str]]:
+    """The configs, the overrides and the ``--grid`` values (``KEY=v1,v2``) of a command's tokens; the
+    values of the options in ``takes_value`` (``--epoch-seconds cifar100=20``) are neither."""
     grids = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "--grid"]
     grids += [t.split("=", 1)[1] for t in tokens if t.startswith("--grid=")]
-    rest = [t for i, t in enumerate(tokens) if not (i and tokens[i - 1] == "--grid")]
+    rest = [t for i, t in enumerate(tokens) if not (i and tokens[i - 1] in takes_value | {"--grid"})]
     configs = [t for t in rest if t.endswith((".yaml", ".yml")) and not t.startswith("-")]
     overrides = [t for t in rest if OVERRIDE.match(t) and t.lower() != "key=value"]  # not the synopsis
     return configs, overrides, grids
@@ -213,7 +216,11 @@ def check_letkd(argv: list[str], full_parse: bool = True) -> list[str]:
             except SystemExit as exc:
                 if exc.code:
                     problems.append(f"letkd {' '.join(argv)}: {err.getvalue().strip().splitlines()[-1]}")
-    configs, overrides, grids = _configs_and_overrides(tokens)
+    sub = subparser(names[0])
+    takes_value = frozenset(
+        o for a in (sub._actions if sub else []) if a.nargs != 0 for o in a.option_strings
+    )
+    configs, overrides, grids = _configs_and_overrides(tokens, takes_value)
     problems += [p for c in configs for p in check_repo_path(c)]
     if problems:
         return problems
@@ -232,6 +239,8 @@ def check_command(line: str) -> list[str]:
         return []
     while words and re.match(r"^[A-Z_]+=", words[0]):
         words = words[1:]  # environment assignments
+    ends = [i for i, w in enumerate(words) if w in ("|", "||", "&&", ";", ">", ">>", "2>", "2>&1")]
+    words = words[: ends[0]] if ends else words  # the first command of a pipe or a list
     if words[:1] == ["letkd"]:
         return check_letkd(words[1:])
     if "-m" in words and words[0] in ("python", "torchrun"):

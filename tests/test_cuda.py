@@ -74,6 +74,7 @@ def method_cases() -> list[tuple[str, str, dict]]:
         "quest": [("quest", {"layers": [dict(CODEBOOK, temperature=5.0)]})],
         "letkd": [("letkd1", {"layers": [CODEBOOK]}), ("letkd2", {"layers": [SUBCLASS, CODEBOOK]})],
         "dkd": [("dkd", {"warmup": 1})],
+        "compose": [("at+kd", {"parts": [{"method": "at"}, {"method": "kd", "params": {"ce_weight": 0.0}}]})],
     }
     return [
         (label, name, params) for name in list_methods() for label, params in special.get(name, [(name, {})])

@@ -252,8 +252,11 @@ def _check_template_memory(
 def _tap_pairs(params: MethodParams) -> list[tuple[list[str], list[str], bool | None]]:
     """``(student taps, teacher taps, teacher_pool)`` named by a method's params: one per KD layer
     (``layers``: same grid required, ``teacher_pool`` None = no grid check), ``student_tap`` /
-    ``teacher_tap`` and ``student_taps`` / ``teacher_taps`` (resolution and shapes only)."""
+    ``teacher_tap`` and ``student_taps`` / ``teacher_taps`` (resolution and shapes only); those of every
+    part of a composition (``parts``)."""
     pairs: list[tuple[list[str], list[str], bool | None]] = []
+    for part in getattr(params, "parts", None) or []:  # a composition: the taps of each part
+        pairs += _tap_pairs(get_method(part.method).parse_params(part.params))
     for layer in getattr(params, "layers", None) or []:
         if hasattr(layer, "student_tap") and hasattr(layer, "teacher_tap"):
             pool = bool(getattr(layer, "teacher_pool", False))

@@ -24,6 +24,9 @@ COMMANDS: dict[str, str] = {
     "export": "export",
     "inspect": "inspect",
     "sweep": "sweep",
+    "paper": "paper",
+    "probe": "probe",
+    "data": "data",
 }
 
 

@@ -46,7 +46,7 @@ from letkd.engine.rundir import (
     trained_epochs,
 )
 from letkd.engine.trainer import Trainer, evaluate
-from letkd.models import published
+from letkd.models import published, torchvision_weights
 from letkd.preflight import check_inputs, check_subsets
 from letkd.utils import atomic_write_text, seed_everything, sha256_file
 
@@ -68,6 +68,8 @@ def ensure_teacher_checkpoint(cfg: RunConfig, device: torch.device) -> str | Non
     assert tcfg is not None
     if published.is_published_name(tcfg.checkpoint):  # crd:<arch>, fetched into the cache
         return str(published.resolve_teacher_checkpoint(tcfg.checkpoint, arch=tcfg.name))
+    if torchvision_weights.is_weights_name(tcfg.checkpoint):  # torchvision:IMAGENET1K_V1, hash-checked
+        return str(torchvision_weights.resolve_weights_checkpoint(tcfg.checkpoint, tcfg.name))
     if tcfg.checkpoint:
         return _teacher_file(cfg)
     if not tcfg.train_config:

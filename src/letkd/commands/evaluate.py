@@ -11,6 +11,7 @@ examples:
   letkd eval --checkpoint runs/digits-resnet8/20240101-120000/best.pt --data digits
   letkd eval --model resnet56 --checkpoint saved_models/resnet56_vanilla/ckpt_epoch_240.pth --data cifar100
   letkd eval --checkpoint crd:resnet56 --data cifar100 --download
+  letkd eval --checkpoint torchvision:IMAGENET1K_V1 --model torchvision:resnet34 --data imagenet
 
 Checkpoints written by 'letkd train' carry the model name, the number of classes and the KD layers
 grafted into the student, so --model and --num-classes are optional for them; grafts are re-applied
@@ -20,6 +21,8 @@ latest, ...), the letKD authors' networks (<net>_net_epochN[.best]) and plain st
 on a GPU load on the CPU (docs/models.md, "Checkpoints").
 A published teacher (crd:resnet56, crd:wrn_40_2, ...: docs/models.md) is fetched into the cache; on the
 whole CIFAR-100 test set its top-1 must be within 0.2 points of the published figure (exit status 1 if not).
+torchvision:<WEIGHTS> (with a torchvision --model) is that model's torchvision weights file, fetched and
+hash-checked by torchvision (docs/paper.md).
 """
 
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from letkd.device import select_device
     from letkd.engine.evaluation import evaluate
     from letkd.engine.loaders import auto_num_workers
-    from letkd.models import published
+    from letkd.models import published, torchvision_weights
 
     # failures (checkpoint, dataset, device) are raised and reported as one line by letkd.cli.main
     options.in_range("--batch-size", args.batch_size, 1)
@@ -76,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         published.check_eval_dataset(spec, args.data, dataset_info(args.data).num_classes, args.num_classes)
         checkpoint = str(published.resolve_teacher_checkpoint(spec, arch=args.model))
         model_name = published.published_teacher(spec).arch
+    elif torchvision_weights.is_weights_name(spec):  # torchvision:IMAGENET1K_V1 of --model
+        if not model_name:
+            raise ConfigError(f"--checkpoint {spec} needs --model (e.g. torchvision:resnet34)")
+        checkpoint = str(torchvision_weights.resolve_weights_checkpoint(spec, model_name))
     else:
         options.checkpoint_file("--checkpoint", spec)
     model, meta = load_student(checkpoint, model_name, args.num_classes, args.data)

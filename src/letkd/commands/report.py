@@ -11,6 +11,7 @@ examples:
   letkd report runs/cifar100-resnet56_resnet20-letkd2 runs/cifar100-resnet56_resnet20-kd --out results
   letkd report runs/ --include-unfinished     # also runs still training (from metrics.jsonl)
   letkd report sweeps/table1 --layout pairs   # the paper's Table 1 layout beside the published numbers
+  letkd report sweeps/table5 --layout table5  # one table or figure of the paper by its id (letkd paper)
 
 A run folder holds config.yaml, metrics.jsonl and summary.json (as written by 'letkd train' and
 'letkd run'). Runs whose configs differ only by seed (and by paths, device or worker settings) form one
@@ -24,6 +25,12 @@ or unfinished runs) are listed with the reason on stderr and in report.md.
 letKD-1, letKD-2), teacher->student pairs as columns (RN56->RN20, ...), our mean ± std over seeds (n runs)
 beside the published number and the difference, best-epoch and last-epoch tables; it also writes
 DIR/pairs.md and DIR/pairs.csv and prints those tables instead of the group table.
+
+--layout table1 ... table6, fig1 lays the runs out as that table or figure of the paper (the list and the
+commands that make its runs: 'letkd paper'): Tables 1-3 as above with that table's numbers; Tables 4-6 and
+Fig. 1 one line per configuration of the ablation (runs matched by what their configs say), mean ± std, n,
+the paper's number and the difference, written to DIR/<id>.md and DIR/<id>.csv (Fig. 1 also as
+DIR/fig1.png with the paper's points).
 """
 
 
@@ -46,12 +53,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="also use runs without summary.json or not completed (best/last from metrics.jsonl)",
     )
+    from letkd.report.layouts import layout_names
+
     p.add_argument(
         "--layout",
-        choices=("groups", "pairs"),
+        choices=layout_names(),
         default="groups",
         help="groups: one line per configuration (default); pairs: the paper's tables (methods x "
-        "teacher->student pairs) beside the published numbers, also written to pairs.md / pairs.csv",
+        "teacher->student pairs) beside the published numbers, also written to pairs.md / pairs.csv; "
+        "table1 ... table6, fig1: that table or figure of the paper (see 'letkd paper')",
     )
     p.set_defaults(func=run)
     return p
@@ -65,13 +75,10 @@ def run(args: argparse.Namespace) -> int:
         ReportError,
         SkippedRun,
         collect_runs,
-        paper_tables,
         repeat_notes,
         summarize,
-        tables_markdown,
         to_markdown,
         write_outputs,
-        write_paper_tables,
     )
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -93,10 +100,12 @@ def run(args: argparse.Namespace) -> int:
     for note in repeat_notes(rows):
         print(f"warning: {note}", file=sys.stderr)
     written = write_outputs(rows, args.out, skipped)
-    if args.layout == "pairs":
-        tables = paper_tables(records)
-        written.update(write_paper_tables(tables, args.out))
-        print(tables_markdown(tables), end="")
+    if args.layout != "groups":
+        from letkd.report.layouts import write_layout
+
+        text, files = write_layout(args.layout, records, args.out)
+        written.update(files)
+        print(text, end="")
     else:
         print(to_markdown(rows), end="")
     runs = f"{len(records)} run{'s' * (len(records) != 1)}"

@@ -3,6 +3,7 @@
 from letkd.methods import (  # noqa: F401  (registers them)
     ab,
     at,
+    compose,
     crd,
     crd_kd,
     dkd,

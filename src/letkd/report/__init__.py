@@ -5,7 +5,9 @@ epoch) and ``summary.json``. :func:`collect_runs` (:mod:`letkd.report.read`) rea
 (:mod:`letkd.report.summary`) groups the runs by (dataset, teacher, student, method label, config) and
 :func:`write_report` (:mod:`letkd.report.write`) writes ``report.md``, ``report.csv`` and ``accuracy.png``.
 :mod:`letkd.report.paper` lays the groups out as the paper's tables (methods × teacher→student pairs) beside
-the published numbers.
+the published numbers; :mod:`letkd.report.ablation` lays out its ablations (Tables 4–6, Fig. 1). Every table
+and figure of the paper is data (:mod:`letkd.report.paper_data`, ``paper_results.yaml``), read by
+``letkd report --layout <id>`` (:mod:`letkd.report.layouts`) and ``letkd paper`` (:mod:`letkd.report.plan`).
 
 Runs are in the same group when their configs are identical except for the seed and settings that do not
 change the experiment (paths, device, progress bars, worker counts); the config ``name`` is compared with a
@@ -16,12 +18,12 @@ from letkd.engine.rundir import CONFIG, METRICS, SUMMARY
 from letkd.report.paper import (
     PaperCell,
     PaperTable,
-    load_paper_results,
     paper_tables,
     tables_csv,
     tables_markdown,
     write_paper_tables,
 )
+from letkd.report.paper_data import PaperEntry, load_paper_results
 from letkd.report.read import (
     IGNORED_KEYS,
     ReportError,
@@ -59,6 +61,7 @@ __all__ = [
     "SUMMARY",
     "GroupRow",
     "PaperCell",
+    "PaperEntry",
     "PaperTable",
     "ReportError",
     "RunRecord",

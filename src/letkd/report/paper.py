@@ -1,11 +1,13 @@
 """The paper's table layout: methods as rows, teacher→student pairs as columns, our mean ± std over seeds
 beside the published number and the difference.
 
-The published numbers (Tables 1–3 of the letKD paper) live in ``paper_results.yaml`` next to this module,
-with the mapping from our model names to the paper's abbreviations (``resnet56`` → ``RN56``) and from our
-method labels to the paper's rows (``letkd2`` → ``letKD-2``). Runs that match no published cell still get a
-row or column of their own (paper value "—"), and so do runs under another training recipe than the one
-the published row was obtained with (:func:`letkd.recipes.published_recipe`): ``KD [letkd recipe]``.
+The published numbers (Tables 1–3 of the letKD paper) live in ``paper_results.yaml`` next to this module
+(:mod:`letkd.report.paper_data`), with the mapping from our model names to the paper's abbreviations
+(``resnet56`` → ``RN56``) and from our method labels to the paper's rows (``letkd2`` → ``letKD-2``). Runs
+that match no published cell still get a row or column of their own (paper value "—"), and so do runs under
+another training recipe than the one the published row was obtained with
+(:func:`letkd.recipes.published_recipe`): ``KD [letkd recipe]``. Rows follow the paper: Teacher, Student,
+then the methods in the order the paper lists them; rows it does not have come last.
 """
 
 from __future__ import annotations
@@ -13,52 +15,18 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from letkd.recipes import published_recipe
+from letkd.report.paper_data import PaperEntry, PaperResults, PublishedTable, load_paper_results
 from letkd.report.read import RunRecord
 from letkd.report.summary import GroupRow, summarize
 from letkd.utils import atomic_write_text
 
-PAIRS_MARKDOWN, PAIRS_CSV = "pairs.md", "pairs.csv"
 EPOCHS = ("best", "last")
 TEACHER_ROW = "Teacher"
-
-
-@dataclass(frozen=True)
-class PublishedTable:
-    """One published table: ``rows[method][i]`` is the number of ``columns[i]`` (None = not reported)."""
-
-    name: str
-    dataset: str
-    metric: str  # "top1" or "top5"
-    trials: int
-    columns: list[str]
-    rows: dict[str, list[float | None]]
-    std: dict[str, list[float | None]]
-
-    def value(self, row: str, column: str) -> tuple[float | None, float | None]:
-        """(published mean, published std) of a cell; (None, None) where the paper has no number."""
-        if row not in self.rows or column not in self.columns:
-            return None, None
-        i = self.columns.index(column)
-        stds = self.std.get(row)
-        return self.rows[row][i], (stds[i] if stds else None)
-
-
-@dataclass(frozen=True)
-class PaperResults:
-    """The contents of ``paper_results.yaml``."""
-
-    models: dict[str, str]
-    methods: dict[str, str]
-    tables: list[PublishedTable]
 
 
 @dataclass
@@ -95,25 +63,6 @@ class PaperTable:
     def cell(self, row: str, column: str) -> PaperCell:
         """The cell at (row, column); an empty one where neither we nor the paper have a number."""
         return self.cells.get((row, column), PaperCell())
-
-
-@cache
-def load_paper_results(path: str | None = None) -> PaperResults:
-    """Read ``paper_results.yaml`` (the packaged file by default)."""
-    text = (
-        Path(path).read_text()
-        if path
-        else resources.files("letkd.report").joinpath("paper_results.yaml").read_text()
-    )
-    data = yaml.safe_load(text)
-    tables = [
-        PublishedTable(
-            name=t["name"], dataset=t["dataset"], metric=t["metric"], trials=int(t["trials"]),
-            columns=list(t["columns"]), rows=dict(t["rows"]), std=dict(t.get("std") or {}),
-        )
-        for t in data["tables"]
-    ]  # fmt: skip
-    return PaperResults(models=dict(data["models"]), methods=dict(data["methods"]), tables=tables)
 
 
 def _value(record: RunRecord, metric: str, epoch: str) -> float | None:
@@ -172,7 +121,8 @@ def _build(
                 columns.append(column)
             key = (row, column)
             if key in cells and cells[key].n:
-                key = (f"{row} ({group.display or group.config})", column)
+                extra = (group.display or "").removeprefix(group.label).strip() or f"({group.config})"
+                key = (f"{row} {extra}", column)
             if key[0] not in rows:
                 rows.append(key[0])
             _fill(cells.setdefault(key, PaperCell()), values, group.config)
@@ -195,25 +145,44 @@ def _build(
     metric_name = "top-1" if metric == "top1" else "top-5"
     return PaperTable(
         title=f"{title} {metric_name}, {epoch} epoch", dataset=dataset, metric=metric, epoch=epoch,
-        trials=published.trials if published else None, rows=rows, columns=shown, cells=cells,
+        trials=published.trials if published else None, rows=_paper_order(rows, published, results),
+        columns=shown, cells=cells,
     )  # fmt: skip
 
 
+def _paper_order(rows: list[str], published: PublishedTable | None, results: PaperResults) -> list[str]:
+    """Teacher, the published rows in the paper's order, then the other rows in the order of the paper's
+    method list (Student, KD, FitNet, ..., letKD-1, letKD-2), rows the paper does not know last."""
+    order = [TEACHER_ROW, *(published.rows if published else []), *results.methods.values()]
+    rank = {row: i for i, row in reversed(list(enumerate(order)))}
+    return sorted(rows, key=lambda row: (rank.get(row.split(" (")[0], len(order)), rows.index(row)))
+
+
 def paper_tables(
-    records: Sequence[RunRecord], epochs: Sequence[str] = EPOCHS, results: PaperResults | None = None
+    records: Sequence[RunRecord],
+    epochs: Sequence[str] = EPOCHS,
+    results: PaperResults | None = None,
+    entry: PaperEntry | None = None,
 ) -> list[PaperTable]:
-    """One :class:`PaperTable` per dataset of ``records`` × published metric × epoch (best/last)."""
+    """One :class:`PaperTable` per dataset of ``records`` × published metric × epoch (best/last).
+
+    With ``entry`` (a pairs-layout table of the paper) only its published numbers are used: runs of another
+    dataset get tables in the same row order without published numbers.
+    """
     results = results or load_paper_results()
     groups = summarize(records)
     by_path = {r.path: r for r in records}
+    tables = entry.published if entry is not None else results.tables
     out = []
     for dataset in sorted({g.dataset for g in groups}):
         mine = [g for g in groups if g.dataset == dataset]
-        published = [t for t in results.tables if t.dataset == dataset] or [None]
+        published = [t for t in tables if t.dataset == dataset] or [None]
         for table in published:
             for epoch in epochs:
                 metric = table.metric if table else "top1"
                 built = _build(dataset, metric, epoch, table, mine, by_path, results)
+                if entry is not None and table is None:
+                    built.title = f"{entry.name} layout — {built.title} (the paper's: {entry.dataset})"
                 if built.columns:
                     out.append(built)
     return out
@@ -270,31 +239,34 @@ PAIRS_CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-def tables_csv(tables: Sequence[PaperTable]) -> str:
-    """Every cell with a number (ours or the paper's) as one CSV line, at full precision."""
+def csv_text(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A CSV with a header line; ``None`` becomes an empty field, numbers keep full precision."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(PAIRS_CSV_COLUMNS)
-    for t in tables:
-        for row in t.rows:
-            for column in t.columns:
-                c = t.cell(row, column)
-                if not c.n and c.paper is None:
-                    continue
-                values = [
-                    t.title, t.dataset, t.metric, t.epoch, row, column, c.n, ";".join(map(str, c.seeds)),
-                    c.mean, c.std, c.paper, c.paper_std, c.diff, ";".join(c.configs),
-                ]  # fmt: skip
-                writer.writerow(["" if v is None else v for v in values])
+    writer.writerow(columns)
+    writer.writerows(["" if v is None else v for v in row] for row in rows)
     return buf.getvalue()
 
 
-def write_paper_tables(tables: Sequence[PaperTable], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``pairs.md`` and ``pairs.csv`` to ``out_dir``; returns their paths."""
+def tables_csv(tables: Sequence[PaperTable]) -> str:
+    """Every cell with a number (ours or the paper's) as one CSV line, at full precision."""
+    cells = [(t, row, column, t.cell(row, column)) for t in tables for row in t.rows for column in t.columns]
+    return csv_text(PAIRS_CSV_COLUMNS, (
+        [t.title, t.dataset, t.metric, t.epoch, row, column, c.n, ";".join(map(str, c.seeds)),
+         c.mean, c.std, c.paper, c.paper_std, c.diff, ";".join(c.configs)]
+        for t, row, column, c in cells if c.n or c.paper is not None
+    ))  # fmt: skip
+
+
+def write_paper_tables(
+    tables: Sequence[PaperTable], out_dir: str | Path, stem: str = "pairs"
+) -> dict[str, Path]:
+    """Write ``<stem>.md`` and ``<stem>.csv`` (default ``pairs.md``, ``pairs.csv``) to ``out_dir``; returns
+    their paths."""
     out = Path(out_dir)
     return {
-        "pairs_markdown": atomic_write_text(
-            out / PAIRS_MARKDOWN, "# Results by pair\n\n" + tables_markdown(tables)
+        f"{stem}_markdown": atomic_write_text(
+            out / f"{stem}.md", "# Results by pair\n\n" + tables_markdown(tables)
         ),
-        "pairs_csv": atomic_write_text(out / PAIRS_CSV, tables_csv(tables)),
+        f"{stem}_csv": atomic_write_text(out / f"{stem}.csv", tables_csv(tables)),
     }
