@@ -10,7 +10,8 @@ caps say, with the disk/memory check before the pass), then the sub-class fit (L
 statistics, per-class K-means, score matrix) and the codebook fit (K-means + cluster sizes).
 
 The last line printed is one JSON object: ``rows``, ``dim``, ``classes``, ``seconds`` (wall, all of it),
-``stream_seconds``, ``subclass_seconds``, ``codebook_seconds``, ``peak_rss_gb`` (this process),
+``stream_seconds``, ``subclass_seconds``, ``codebook_seconds`` (and ``*_cpu_seconds``: process CPU
+time, the steadier figure on a shared machine), ``peak_rss_gb`` (this process; also after each stage),
 ``disk_gb`` (the row folders left in ``--out``), ``full_rows_gb`` (every row as float32: what storing
 them all would take), the estimate of the pre-pass check (``estimated_disk_gb``, ``estimated_ram_gb``),
 the caps, the load average before and after. ``--compare-dtype`` also keeps the same samples as
@@ -93,6 +94,28 @@ class StandInTeacher(nn.Module):
         return self.features(index)
 
 
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, GB (Linux reports ru_maxrss in kB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB, 2)
+
+
+class Stage:
+    """``with Stage(stages, name):`` records wall and CPU seconds and the peak RSS after the block."""
+
+    def __init__(self, stages: dict[str, dict[str, float]], name: str) -> None:
+        self.stages, self.name = stages, name
+
+    def __enter__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stages[self.name] = {
+            "seconds": time.perf_counter() - self.wall,
+            "cpu_seconds": time.process_time() - self.cpu,
+            "peak_rss_gb": peak_rss_gb(),
+        }
+
+
 def folder_bytes(path: Path) -> int:
     """Bytes of the files under ``path``."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -109,7 +132,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-rows", type=int, default=65_536, help="supervision.max_rows")
     p.add_argument("--rows-per-class", type=int, default=512, help="supervision.rows_per_class")
     p.add_argument("--lda", type=int, default=60, help="LDA components")
-    p.add_argument("--kmeans-iters", type=int, default=20)
+    p.add_argument("--kmeans-iters", type=int, default=20, help="supervision.kmeans_iters")
+    p.add_argument("--codebook-iters", type=int, default=None,
+                   help="iterations of the codebook's K-means only (default: --kmeans-iters); fewer keep a "
+                   "CPU run short, the JSON then also extrapolates the codebook time to --kmeans-iters")
     p.add_argument("--batch-images", type=int, default=256)
     p.add_argument("--grid", type=int, default=7, help="locations per image: grid x grid")
     p.add_argument("--compare-dtype", action="store_true", help="also keep float32 samples; compare fits")
@@ -168,25 +194,25 @@ def main(argv: list[str] | None = None) -> dict:
     kmeans_rows = kmeans_training_rows(specs, sup16)
     needs = [folder_need(r, shape, num_images, [s], args.batch_images, kmeans_rows) for s, r in needed]
     progress = not args.no_progress
-    t0 = time.perf_counter()
-    ensure_rows(needed, teacher, lambda: dataset, sup16, torch.device("cpu"), progress)
-    stream_seconds = time.perf_counter() - t0
+    stages: dict[str, dict[str, float]] = {}
+    with Stage(stages, "stream"):
+        ensure_rows(needed, teacher, lambda: dataset, sup16, torch.device("cpu"), progress)
     folders = [RowFile.open(r.folder) for _, r in needed]
-    t0 = time.perf_counter()
-    subclass, _ = fit_from_rows(specs[0], folders[0], sup16, args.classes, progress=progress)
-    subclass_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    codebook, _ = fit_from_rows(specs[1], folders[1], sup16, args.classes, progress=progress)
-    codebook_seconds = time.perf_counter() - t0
+    with Stage(stages, "subclass"):
+        subclass, _ = fit_from_rows(specs[0], folders[0], sup16, args.classes, progress=progress)
+    codebook_iters = args.codebook_iters or args.kmeans_iters
+    sup_codebook = sup16.model_copy(update={"kmeans_iters": codebook_iters})
+    with Stage(stages, "codebook"):
+        codebook, _ = fit_from_rows(specs[1], folders[1], sup_codebook, args.classes, progress=progress)
     result = {
         "rows": rows,
         "dim": args.dim,
         "classes": args.classes,
         "seconds": round(time.perf_counter() - t_start, 1),
-        "stream_seconds": round(stream_seconds, 1),
-        "subclass_seconds": round(subclass_seconds, 1),
-        "codebook_seconds": round(codebook_seconds, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB, 2),
+        **{f"{name}_seconds": round(v["seconds"], 1) for name, v in stages.items()},
+        **{f"{name}_cpu_seconds": round(v["cpu_seconds"], 1) for name, v in stages.items()},
+        "peak_rss_gb": peak_rss_gb(),
+        **{f"peak_rss_gb_after_{name}": v["peak_rss_gb"] for name, v in stages.items()},
         "disk_gb": round(sum(folder_bytes(f.path) for f in folders[:2]) / GB, 3),
         "full_rows_gb": round(rows * args.dim * 4 / GB, 2),
         "estimated_disk_gb": round(sum(n.disk for n in needs[:2]) / GB, 3),
@@ -196,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
         "kmeans_rows": min(args.max_rows, args.templates * (kmeans_points_per_centroid(args.max_rows, args.templates) or 0)),
         "rows_per_class": args.rows_per_class,
         "kmeans_iters": args.kmeans_iters,
+        "codebook_iters": codebook_iters,
+        "codebook_kmeans_seconds": round(codebook.fit_info["seconds_kmeans"], 1),
+        "codebook_assign_seconds": round(codebook.fit_info["seconds_assign"], 1),
         "sample_rows": [f.num_rows for f in folders[:2]],
         "kmeans_objective": codebook.fit_info["kmeans_objective"],
         "lda_components": subclass.fit_info["lda_components"],
@@ -203,6 +232,11 @@ def main(argv: list[str] | None = None) -> dict:
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],
     }
+    if codebook_iters != args.kmeans_iters:  # Lloyd iterations cost the same: scale the measured ones
+        per_iter = codebook.fit_info["seconds_kmeans"] / codebook_iters
+        result[f"codebook_seconds_at_{args.kmeans_iters}_iters"] = round(
+            per_iter * args.kmeans_iters + codebook.fit_info["seconds_assign"], 1
+        )
     if args.compare_dtype:
         result["dtype_check"] = dtype_check(args, folders, sup16, sup32)
     if not args.keep:

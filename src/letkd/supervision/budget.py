@@ -21,6 +21,7 @@ from letkd.supervision.spec import CodebookSpec, Spec
 GB = 1e9
 POOL_SLACK = 1.25
 ROW_KEYS = 24  # priority, index, label of a sampled row
+FOLDER_EXTRA = 4096  # meta.json, .npy headers
 FIT_ROW_EXTRA = 64  # per row of a fit: assignment, distance, order, labels
 
 
@@ -43,6 +44,8 @@ class Need:
     cap: str
     disk_per_unit: int
     ram_per_unit: int
+    disk_fixed: int = 0
+    ram_fixed: int = 0
 
 
 def folder_need(
@@ -84,7 +87,9 @@ def folder_need(
             fit_ram = max(fit_ram, train * dim * 4 + kept * FIT_ROW_EXTRA + spec.num_templates * dim * 8)
         else:
             comps = min(spec.lda_components, classes - 1, dim)
-            fit_ram = max(fit_ram, kept * (comps * 4 + FIT_ROW_EXTRA) + 3 * dim * dim * 8)
+            subclasses = classes * spec.subclasses_per_class  # score matrix: int64 counts, float64, float32
+            score = int(2.5 * subclasses * subclasses * 8)
+            fit_ram = max(fit_ram, kept * (comps * 4 + FIT_ROW_EXTRA) + 3 * dim * dim * 8 + score)
     where = f"teacher tap {request.tap!r}"
     what = (
         f"every row of {where} ({total:,} x {dim} float32)"
@@ -93,12 +98,14 @@ def folder_need(
     )
     return Need(
         what=what,
-        disk=kept * row_bytes + stats,
+        disk=kept * row_bytes + stats + FOLDER_EXTRA,
         pass_ram=pool + 2 * stats + batch_ram,
         fit_ram=fit_ram,
         cap=cap_name,
         disk_per_unit=unit * (sample_bytes + 16),
         ram_per_unit=unit * max(int(POOL_SLACK * (sample_bytes + ROW_KEYS)), dim * 4 + FIT_ROW_EXTRA),
+        disk_fixed=stats + FOLDER_EXTRA,
+        ram_fixed=2 * stats + batch_ram,
     )
 
 
@@ -131,6 +138,11 @@ def _round_down(value: float) -> int:
     return int(value // step * step)
 
 
+def _size(num_bytes: float) -> str:
+    """``3.4 GB`` / ``120.0 MB``: bytes in decimal units, one decimal."""
+    return f"{num_bytes / GB:.1f} GB" if num_bytes >= 0.1 * GB else f"{num_bytes / 1e6:.1f} MB"
+
+
 def _advice(biggest: Need, room: float, per_unit: int) -> str:
     if not per_unit:
         return f"set {biggest.cap} (or make room)"
@@ -149,10 +161,10 @@ def check_budget(needs: list[Need], cache_dir: str | Path) -> None:
     free = free_disk_bytes(cache_dir)
     if disk > free:
         biggest = max(needs, key=lambda n: n.disk)
-        room = free - (disk - biggest.disk)
+        room = free - (disk - biggest.disk) - biggest.disk_fixed
         raise NotEnoughSpaceError(
-            f"supervision needs {disk / GB:.1f} GB of disk in {cache_dir} for the teacher pass but "
-            f"{free / GB:.1f} GB is free: {biggest.what} takes {biggest.disk / GB:.1f} GB; "
+            f"supervision needs {_size(disk)} of disk in {cache_dir} for the teacher pass but "
+            f"{_size(free)} is free: {biggest.what} takes {_size(biggest.disk)}; "
             f"{_advice(biggest, room, biggest.disk_per_unit)}"
         )
     available = available_ram_bytes()
@@ -161,9 +173,9 @@ def check_budget(needs: list[Need], cache_dir: str | Path) -> None:
     if available is not None and ram > available:
         biggest = max(needs, key=lambda n: max(n.pass_ram, n.fit_ram))
         own = max(biggest.pass_ram, biggest.fit_ram)
-        room = available - (ram - own)
+        room = available - (ram - own) - biggest.ram_fixed
         raise NotEnoughSpaceError(
-            f"supervision needs {ram / GB:.1f} GB of memory (beyond the teacher) but {available / GB:.1f} GB "
-            f"is available: {biggest.what} holds {own / GB:.1f} GB; "
+            f"supervision needs {_size(ram)} of memory (beyond the teacher) but {_size(available)} "
+            f"is available: {biggest.what} holds {_size(own)}; "
             f"{_advice(biggest, room, biggest.ram_per_unit)}"
         )

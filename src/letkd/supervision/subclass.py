@@ -139,11 +139,13 @@ def score_matrix_from_assignments(
     """
     s = num_subclasses
     counts = np.bincount(subclass.astype(np.int64) * s + nearest, minlength=s * s).reshape(s, s)
-    counts = counts.astype(np.float64)
-    totals = counts.sum(1)
+    scores = counts.astype(np.float64)
+    del counts  # S² entries (64 M for ImageNet's 8000 sub-classes): one temporary at a time
+    totals = scores.sum(1)
     empty = totals == 0
-    counts[empty, np.flatnonzero(empty)] = 1.0
-    scores = counts / counts.sum(1, keepdims=True)
+    scores[empty, np.flatnonzero(empty)] = 1.0
+    totals[empty] = 1.0
+    scores /= totals[:, None]
     assert np.allclose(scores.sum(1), 1.0), "score-matrix rows must sum to 1"
     return scores
 
