@@ -116,6 +116,35 @@ class Stage:
         }
 
 
+def decode_rate(seconds: float, folder: Path) -> tuple[float, float]:
+    """Images per wall second and per CPU second that one process (one thread) decodes and transforms with
+    ImageNet's test transform: a 500x375 JPEG (ImageNet's typical size, quality 90) → Resize(256) →
+    CenterCrop(224) → normalise. Per CPU second is what one idle core would do."""
+    from PIL import Image
+
+    from letkd.data.files import read_rgb
+    from letkd.data.transforms import resize_center_crop
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:375, 0:500]
+    smooth = np.stack([np.sin(xx / 40.0 + c) * np.cos(yy / 30.0 - c) for c in range(3)], axis=-1)
+    pixels = np.clip(127 + 90 * smooth + rng.normal(scale=12, size=smooth.shape), 0, 255).astype(np.uint8)
+    path = folder / "decode_probe.jpg"
+    Image.fromarray(pixels).save(path, quality=90)
+    transform = resize_center_crop((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 256, 224)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        count, t0, c0 = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - t0 < seconds:
+            transform(read_rgb(path))
+            count += 1
+        return count / (time.perf_counter() - t0), count / (time.process_time() - c0)
+    finally:
+        torch.set_num_threads(threads)
+        path.unlink()
+
+
 def folder_bytes(path: Path) -> int:
     """Bytes of the files under ``path``."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -133,11 +162,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows-per-class", type=int, default=512, help="supervision.rows_per_class")
     p.add_argument("--lda", type=int, default=60, help="LDA components")
     p.add_argument("--kmeans-iters", type=int, default=20, help="supervision.kmeans_iters")
-    p.add_argument("--codebook-iters", type=int, default=None,
-                   help="iterations of the codebook's K-means only (default: --kmeans-iters); fewer keep a "
-                   "CPU run short, the JSON then also extrapolates the codebook time to --kmeans-iters")
+    p.add_argument(
+        "--codebook-iters",
+        type=int,
+        default=None,
+        help="iterations of the codebook's K-means only (default: --kmeans-iters); fewer keep a "
+        "CPU run short, the JSON then also extrapolates the codebook time to --kmeans-iters",
+    )
     p.add_argument("--batch-images", type=int, default=256)
     p.add_argument("--grid", type=int, default=7, help="locations per image: grid x grid")
+    p.add_argument(
+        "--decode-seconds",
+        type=float,
+        default=0.0,
+        help="also measure, for this long, how many ImageNet-sized JPEGs one process decodes and "
+        "transforms (ImageNet's test transform): the CPU side of a real teacher pass",
+    )
     p.add_argument("--compare-dtype", action="store_true", help="also keep float32 samples; compare fits")
     p.add_argument("--keep", action="store_true", help="keep --out's row folders at the end")
     p.add_argument("--no-progress", action="store_true")
@@ -184,7 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
     sup = {"cache_dir": str(out), "kmeans_iters": args.kmeans_iters, "extract_batch_size": args.batch_images,
            "max_rows": args.max_rows, "rows_per_class": args.rows_per_class}  # fmt: skip
     sup16 = SupervisionConfig(**sup, sample_dtype="float16")
-    specs = [SubclassSpec("features", False, SUBCLUSTERS, args.lda), CodebookSpec("features", False, args.templates)]
+    specs = [
+        SubclassSpec("features", False, SUBCLUSTERS, args.lda),
+        CodebookSpec("features", False, args.templates),
+    ]
     fields = {"benchmark": "supervision_scale", "rows": rows, "dim": args.dim, "classes": args.classes}
     needed = [(s, row_request(s, "features", fields, sup16, args.classes)) for s in specs]
     sup32 = SupervisionConfig(**sup, sample_dtype="float32")
@@ -219,7 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
         "estimated_ram_gb": round(max([sum(n.pass_ram for n in needs)] + [n.fit_ram for n in needs]) / GB, 2),
         "templates": args.templates,
         "max_rows": args.max_rows,
-        "kmeans_rows": min(args.max_rows, args.templates * (kmeans_points_per_centroid(args.max_rows, args.templates) or 0)),
+        "kmeans_rows": min(
+            args.max_rows, args.templates * (kmeans_points_per_centroid(args.max_rows, args.templates) or 0)
+        ),
         "rows_per_class": args.rows_per_class,
         "kmeans_iters": args.kmeans_iters,
         "codebook_iters": codebook_iters,
@@ -237,6 +282,10 @@ def main(argv: list[str] | None = None) -> dict:
         result[f"codebook_seconds_at_{args.kmeans_iters}_iters"] = round(
             per_iter * args.kmeans_iters + codebook.fit_info["seconds_assign"], 1
         )
+    if args.decode_seconds > 0:
+        wall, cpu = decode_rate(args.decode_seconds, out)
+        result["decode_images_per_s"] = round(wall, 1)
+        result["decode_images_per_cpu_s"] = round(cpu, 1)
     if args.compare_dtype:
         result["dtype_check"] = dtype_check(args, folders, sup16, sup32)
     if not args.keep:

@@ -88,8 +88,8 @@ def test_the_estimate_covers_what_the_pass_writes(tmp_path):
     specs = supervision_specs(cfg)
     for spec in specs:
         fields = {}  # the folder name is not needed: match the written folders by their sizes
-        need = folder_need(row_request(spec, resolve_tap(teacher, spec.teacher_tap), fields, cfg.supervision, 10),
-                           (64, 8, 8), 200, [spec])  # fmt: skip
+        request = row_request(spec, resolve_tap(teacher, spec.teacher_tap), fields, cfg.supervision, 10)
+        need = folder_need(request, (64, 8, 8), 200, [spec])
         assert any(size <= need.disk <= 1.1 * size + 8192 for size in written.values()), (need, written)
 
 

@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from letkd.supervision.extract import RowFile, extract_rows
-from letkd.supervision.sampling import bottom_k, row_priorities
 from letkd.supervision.kmeans import row_chunks
+from letkd.supervision.sampling import bottom_k, row_priorities
 
 
 class TinyNet(nn.Module):

@@ -74,14 +74,16 @@ def test_pool_equals_the_sample_of_all_rows_for_any_order_batch_and_split(per_la
     np.testing.assert_array_equal(np.concatenate([p.index for p in parts])[merged], expect)
     if not per_label:  # a threshold from the row count only drops rows that cannot be in the sample
         thresholded = pool(threshold=inclusion_threshold(k, n))
-        np.testing.assert_array_equal(stream(thresholded, rows, priority, index, labels, np.arange(n), 64).index,
-                                      expect)  # fmt: skip
+        kept = stream(thresholded, rows, priority, index, labels, np.arange(n), 64)
+        np.testing.assert_array_equal(kept.index, expect)
         assert thresholded.compactions == 1  # only the final one: the buffer never filled up
 
 
 def test_pool_memory_stays_bounded_and_float16_overflow_is_refused():
     k, n = 100, 20000
-    pool = SamplePool(k, 1, 2, np.float16, max_rows=n, batch_rows=500, per_label=False, what="features at 'x'")
+    pool = SamplePool(
+        k, 1, 2, np.float16, max_rows=n, batch_rows=500, per_label=False, what="features at 'x'"
+    )
     assert pool.capacity == k + 500
     priority = row_priorities(0, np.arange(n), 1)
     for lo in range(0, n, 500):
@@ -89,7 +91,9 @@ def test_pool_memory_stays_bounded_and_float16_overflow_is_refused():
                  np.zeros(500, dtype=np.int64))  # fmt: skip
         assert pool.size <= pool.capacity
     assert pool.compactions > 1 and len(pool.finish().index) == k
-    fresh = SamplePool(k, 1, 2, np.float16, max_rows=n, batch_rows=500, per_label=False, what="features at 'x'")
+    fresh = SamplePool(
+        k, 1, 2, np.float16, max_rows=n, batch_rows=500, per_label=False, what="features at 'x'"
+    )
     with pytest.raises(ValueError, match=r"features at 'x' reach \|x\| = 7e\+04, beyond float16's range.*"
                                          r"sample_dtype=float32"):  # fmt: skip
         fresh.add(np.array([[7e4, 0.0]], np.float32), np.zeros(1, np.uint64), np.zeros(1, np.int64),

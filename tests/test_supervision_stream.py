@@ -46,8 +46,18 @@ def requests(folder, dtype="float32"):
     return [
         RowRequest("b", "b", False, folder / "all"),
         RowRequest("b", "b", False, folder / "rows", keep="rows", cap=200, dtype=dtype, seed=4),
-        RowRequest("b", "b", False, folder / "cls", keep="per_class", cap=40, dtype=dtype, seed=4,
-                   num_classes=CLASSES, stats=True),  # fmt: skip
+        RowRequest(
+            "b",
+            "b",
+            False,
+            folder / "cls",
+            keep="per_class",
+            cap=40,
+            dtype=dtype,
+            seed=4,
+            num_classes=CLASSES,
+            stats=True,
+        ),  # fmt: skip
         RowRequest("a", "a", True, folder / "pooled", keep="rows", cap=100, dtype=dtype, seed=4),
     ]
 

@@ -63,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cfg.teacher is None:
         raise ConfigError("the config has no teacher section; supervision is fitted on a teacher")
+    import torch.distributed
+
     from letkd.build import build_teacher, resolve_num_classes, supervision_artifacts
     from letkd.engine import distributed as dist_utils
     from letkd.pipeline import ensure_teacher_checkpoint
     from letkd.utils import seed_everything
-
-    import torch.distributed
 
     already = torch.distributed.is_available() and torch.distributed.is_initialized()
     info, device = dist_utils.init_distributed(args.device or cfg.train.device)  # torchrun: split the pass
@@ -107,7 +107,9 @@ def summary_line(spec, meta: dict, path, cached: bool, seconds: float) -> str:
     status = "cached" if cached else f"fitted in {meta.get('fit_seconds', seconds):.1f} s"
     rows = meta.get("num_rows")
     total = meta.get("total_rows", rows)
-    rows_text = f"{rows} rows" if total == rows else f"{rows} of {total} rows ({meta.get('rows_dtype')} sample)"
+    rows_text = (
+        f"{rows} rows" if total == rows else f"{rows} of {total} rows ({meta.get('rows_dtype')} sample)"
+    )
     return (
         f"{spec.kind} {spec.teacher_tap}{' (pool 2x2)' if spec.teacher_pool else ''}: "
         f"{rows_text} x {meta.get('dim')}, {what}, {sizes_text}, {status} -> {path}"

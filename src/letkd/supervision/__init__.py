@@ -19,7 +19,6 @@ from letkd.supervision.extract import RowFile, extract_rows
 from letkd.supervision.kmeans import train_kmeans, train_kmeans_torch
 from letkd.supervision.lda import fit_lda, lda_transform
 from letkd.supervision.spec import CodebookSpec, Spec, SubclassSpec
-from letkd.supervision.stream import collect_rows
 from letkd.supervision.store import (
     ArtifactCache,
     ArtifactMismatchError,
@@ -28,6 +27,7 @@ from letkd.supervision.store import (
     load_artifact,
     save_artifact,
 )
+from letkd.supervision.stream import collect_rows
 from letkd.supervision.subclass import SubclassCodebook, fit_subclasses
 
 __all__ = [

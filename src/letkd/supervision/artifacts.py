@@ -97,7 +97,6 @@ def _rows_key(
     }
 
 
-
 def artifact_key(
     spec: Spec,
     teacher_id: str,

@@ -66,7 +66,10 @@ def folder_need(
     per_class = request.keep == "per_class"
     classes = max(1, request.num_classes)
     caps = sorted(
-        {"supervision.max_rows" if isinstance(s, CodebookSpec) else "supervision.rows_per_class" for s in specs}
+        {
+            "supervision.max_rows" if isinstance(s, CodebookSpec) else "supervision.rows_per_class"
+            for s in specs
+        }
     )
     cap_name = " and ".join(caps)
     sample_bytes = dim * np.dtype(request.dtype).itemsize

@@ -186,8 +186,13 @@ def fit_codebook(
     extra: dict[str, Any] = {}
     if backend == "torch":
         centers, extra = train_kmeans_torch(
-            rows, num_centers, iters=iters, seed=seed, max_points_per_centroid=max_points_per_centroid,
-            device=device, progress=progress,
+            rows,
+            num_centers,
+            iters=iters,
+            seed=seed,
+            max_points_per_centroid=max_points_per_centroid,
+            device=device,
+            progress=progress,
         )
         extra = {"kmeans_train_rows": extra["train_rows"], "kmeans_empty_splits": extra["empty_splits"]}
     else:

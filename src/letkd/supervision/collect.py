@@ -113,7 +113,9 @@ class FolderCollector:
         self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder.parent))
         self.count = 0
         self.stats = (
-            ScatterAccumulator(request.num_classes, self.dim, device) if request.stats and not self.keep_all else None
+            ScatterAccumulator(request.num_classes, self.dim, device)
+            if request.stats and not self.keep_all
+            else None
         )
         self.pool: SamplePool | None = None
         self.files: tuple[BinaryIO, BinaryIO] | None = None
@@ -235,9 +237,11 @@ class FolderCollector:
                 yield mine.rows[own[lo : lo + step]]
 
         meta: dict[str, Any] = {"num_rows": len(selected)}
-        with open(self.tmp / ROWS_FILES[str(self.dtype)], "wb") if self.shards.is_main else open(
-            os.devnull, "wb"
-        ) as out:
+        with (
+            open(self.tmp / ROWS_FILES[str(self.dtype)], "wb")
+            if self.shards.is_main
+            else open(os.devnull, "wb") as out
+        ):
             self.shards.gather_rows(local, counts, self.dim, self.dtype, lambda chunk: _write(out, chunk))
         if self.stats is not None:
             shift = self.shards.broadcast(self.stats.shift.cpu())

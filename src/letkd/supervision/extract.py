@@ -93,7 +93,10 @@ class RowFile:
         """Read-only memmap of the rows, shape (N, D), float32 or float16."""
         if self._rows is None:
             self._rows = np.memmap(
-                self.path / ROWS_FILES[self.dtype], dtype=self.dtype, mode="r", shape=(self.num_rows, self.dim)
+                self.path / ROWS_FILES[self.dtype],
+                dtype=self.dtype,
+                mode="r",
+                shape=(self.num_rows, self.dim),
             )
         return self._rows
 
@@ -120,7 +123,9 @@ class RowFile:
         try:
             loaded = {k: np.load(self.path / name, allow_pickle=False) for k, name in STATS_FILES.items()}
         except (OSError, ValueError) as exc:
-            raise CorruptRowsError(f"row folder {self.path} has unreadable class statistics ({exc})") from None
+            raise CorruptRowsError(
+                f"row folder {self.path} has unreadable class statistics ({exc})"
+            ) from None
         return ClassScatter(**loaded)
 
 
@@ -228,7 +233,12 @@ def extract_rows(
         seed=seed,
     )
     (done,) = collect_rows(
-        teacher, dataset, [request], batch_size=batch_size, device=device, progress=progress,
+        teacher,
+        dataset,
+        [request],
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
         num_workers=num_workers,
     )
     assert done is not None

@@ -53,7 +53,9 @@ class ScatterAccumulator:
         if len(y) == 0:
             return
         if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]")
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]"
+            )
         x = x.to(self.device, torch.float64)
         y = y.to(self.device, torch.int64)
         if not self.started:
@@ -71,7 +73,11 @@ class ScatterAccumulator:
         """Express the statistics relative to ``shift`` instead of :attr:`shift` (exact algebra)."""
         delta = self.shift - shift.to(self.device, torch.float64)
         total = self.sums.sum(0)
-        self.gram += torch.outer(total, delta) + torch.outer(delta, total) + self.counts.sum() * torch.outer(delta, delta)
+        self.gram += (
+            torch.outer(total, delta)
+            + torch.outer(delta, total)
+            + self.counts.sum() * torch.outer(delta, delta)
+        )
         self.sums += self.counts[:, None] * delta
         self.shift = shift.to(self.device, torch.float64).clone()
 

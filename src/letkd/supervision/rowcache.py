@@ -166,14 +166,20 @@ def ensure_rows(
 
 
 def _plan(
-    missing: list[_Folder], teacher: nn.Module, dataset: Dataset, sup_cfg: SupervisionConfig, device: torch.device
+    missing: list[_Folder],
+    teacher: nn.Module,
+    dataset: Dataset,
+    sup_cfg: SupervisionConfig,
+    device: torch.device,
 ) -> tuple[str, Any, Any]:
     """``("collect", requests, shapes)``, or ``("error", message, None)`` when they would not fit."""
     shapes = feature_shapes(teacher, dataset, [f.request.source for f in missing], device)
     num_images = len(dataset)  # type: ignore[arg-type]
     kmeans_rows = kmeans_training_rows([s for f in missing for s in f.specs], sup_cfg)
     needs = [
-        folder_need(f.request, shapes[f.request.source], num_images, f.specs, sup_cfg.extract_batch_size, kmeans_rows)
+        folder_need(
+            f.request, shapes[f.request.source], num_images, f.specs, sup_cfg.extract_batch_size, kmeans_rows
+        )
         for f in missing
     ]
     try:

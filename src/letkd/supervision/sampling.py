@@ -132,7 +132,7 @@ class SamplePool:
         return priority <= self.threshold[self.groups(labels)]
 
     def add(self, rows: np.ndarray, priority: np.ndarray, index: np.ndarray, labels: np.ndarray) -> None:
-        """Offer rows (already filtered by :meth:`candidates` or not) with their priorities, indices, labels."""
+        """Offer rows with their priorities, indices and labels (filtered by :meth:`candidates` or not)."""
         keep = self.candidates(priority, labels)
         if not keep.all():
             rows, priority, index, labels = rows[keep], priority[keep], index[keep], labels[keep]

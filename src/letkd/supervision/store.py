@@ -33,7 +33,6 @@ FORMAT_VERSION = 1
 CHECKSUM_KEY = "data_sha256"
 
 
-
 def _canonical(value: Any) -> Any:
     """JSON round trip: tuples become lists, so stored and expected values compare equal."""
     return json.loads(json.dumps(value, sort_keys=True))

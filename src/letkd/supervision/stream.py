@@ -103,11 +103,19 @@ def collect_rows(
     collectors: list[FolderCollector] = []
     try:
         for request in requests:
-            collectors.append(FolderCollector(request, shapes[request.source], num_images, shards, batch_size, device))
+            collectors.append(
+                FolderCollector(request, shapes[request.source], num_images, shards, batch_size, device)
+            )
         taps_named = ", ".join(dict.fromkeys(r.tap for r in requests))
-        with FeatureTaps(teacher, [p for p, _ in sources], stop_after_last=True) as taps, torch.inference_mode():
+        with (
+            FeatureTaps(teacher, [p for p, _ in sources], stop_after_last=True) as taps,
+            torch.inference_mode(),
+        ):
             batches = tqdm(
-                loader, desc=f"teacher pass ({taps_named})", unit="batch", disable=tqdm_disable(progress and shards.is_main)
+                loader,
+                desc=f"teacher pass ({taps_named})",
+                unit="batch",
+                disable=tqdm_disable(progress and shards.is_main),
             )
             seen = 0
             for batch in batches:
@@ -126,7 +134,9 @@ def collect_rows(
                     b, d, h, w = f.shape
                     rows = f.float().permute(0, 2, 3, 1).reshape(b * h * w, d)
                     if not bool(torch.isfinite(rows).all()):
-                        raise NonFiniteFeaturesError(non_finite_message(tap, f"images {first}-{first + b - 1}"))
+                        raise NonFiniteFeaturesError(
+                            non_finite_message(tap, f"images {first}-{first + b - 1}")
+                        )
                     row_labels = labels.to(torch.int64).repeat_interleave(h * w)
                     for collector, _ in members:
                         collector.add(rows, row_labels, first)
