@@ -9,6 +9,7 @@ the LDA projection). The teacher, the data loader and the interpreter come on to
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,13 +147,35 @@ def _size(num_bytes: float) -> str:
     return f"{num_bytes / GB:.1f} GB" if num_bytes >= 0.1 * GB else f"{num_bytes / 1e6:.1f} MB"
 
 
-def _advice(biggest: Need, room: float, per_unit: int) -> str:
-    if not per_unit:
-        return f"set {biggest.cap} (or make room)"
-    value = _round_down(room / per_unit)
-    if value >= 1:
-        return f"set {biggest.cap} to at most {value} (or make room)"
-    return "make room (even a minimal sample does not fit)"
+def _advice(
+    needs: list[Need],
+    free: float,
+    own: Callable[[Need], int],
+    fixed: Callable[[Need], int],
+    per_unit: Callable[[Need], int],
+) -> str:
+    """Which caps to set, and to what, so that the sum of ``own`` over ``needs`` fits in ``free``.
+
+    Caps the biggest folders first until the rest fits; the room left is shared equally among them.
+    """
+    picked: list[Need] = []
+    rest = sum(own(n) for n in needs)
+    for need in sorted(needs, key=own, reverse=True):
+        picked.append(need)
+        rest -= own(need)
+        if rest + sum(fixed(n) for n in picked) < free:
+            break
+    share = (free - rest - sum(fixed(n) for n in picked)) / len(picked)
+    parts = []
+    for need in picked:
+        value = _round_down(share / per_unit(need)) if per_unit(need) else None
+        if value is None:
+            parts.append(need.cap)
+        elif value >= 1:
+            parts.append(f"{need.cap} to at most {value}")
+    if not parts:
+        return "make room (even a minimal sample does not fit)"
+    return "set " + " and ".join(dict.fromkeys(parts)) + " (or make room)"
 
 
 def check_budget(needs: list[Need], cache_dir: str | Path) -> None:
@@ -164,21 +187,22 @@ def check_budget(needs: list[Need], cache_dir: str | Path) -> None:
     free = free_disk_bytes(cache_dir)
     if disk > free:
         biggest = max(needs, key=lambda n: n.disk)
-        room = free - (disk - biggest.disk) - biggest.disk_fixed
+        advice = _advice(needs, free, lambda n: n.disk, lambda n: n.disk_fixed, lambda n: n.disk_per_unit)
         raise NotEnoughSpaceError(
             f"supervision needs {_size(disk)} of disk in {cache_dir} for the teacher pass but "
-            f"{_size(free)} is free: {biggest.what} takes {_size(biggest.disk)}; "
-            f"{_advice(biggest, room, biggest.disk_per_unit)}"
+            f"{_size(free)} is free: {biggest.what} takes {_size(biggest.disk)}; {advice}"
         )
     available = available_ram_bytes()
     pass_ram = sum(n.pass_ram for n in needs)
     ram = max([pass_ram] + [n.fit_ram for n in needs])
     if available is not None and ram > available:
-        biggest = max(needs, key=lambda n: max(n.pass_ram, n.fit_ram))
-        own = max(biggest.pass_ram, biggest.fit_ram)
-        room = available - (ram - own) - biggest.ram_fixed
+        if pass_ram >= ram:  # the pass holds every folder's pools at once
+            group, own, fixed = needs, (lambda n: n.pass_ram), (lambda n: n.ram_fixed)
+        else:  # one fit at a time: only the biggest matters
+            group, own, fixed = [max(needs, key=lambda n: n.fit_ram)], (lambda n: n.fit_ram), (lambda n: 0)
+        biggest = max(group, key=own)
+        advice = _advice(group, available, own, fixed, lambda n: n.ram_per_unit)
         raise NotEnoughSpaceError(
             f"supervision needs {_size(ram)} of memory (beyond the teacher) but {_size(available)} "
-            f"is available: {biggest.what} holds {_size(own)}; "
-            f"{_advice(biggest, room, biggest.ram_per_unit)}"
+            f"is available: {biggest.what} holds {_size(own(biggest))}; {advice}"
         )

@@ -60,7 +60,9 @@ def row_request(
     common = {"tap": spec.teacher_tap, "module_path": module_path, "pool2x2": spec.teacher_pool}
     root = Path(sup_cfg.cache_dir) / "rows"
     if sample is None:
-        return RowRequest(folder=root / cache_key(rows_fields)[:24], **common)
+        # every row, float32; the class count and sample type size the caps the pre-pass check suggests
+        folder = root / cache_key(rows_fields)[:24]
+        return RowRequest(folder=folder, num_classes=num_classes, dtype=sup_cfg.sample_dtype, **common)
     per_class = not isinstance(spec, CodebookSpec)
     fields = {**rows_fields, "sample": sample, "seed": sup_cfg.seed}
     if per_class:
