@@ -306,3 +306,44 @@ def test_supervision_extraction_and_targets_on_the_device(tmp_path):
         assert got.device.type == DEVICE.type
         torch.testing.assert_close(got.cpu(), expected, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(got.sum(1).cpu(), torch.ones(4, 8, 8))
+
+
+def test_streaming_pass_and_kmeans_on_the_device(tmp_path):
+    """Samples and class statistics gathered on the device equal the CPU's; the torch K-means on the device
+    is within 1 % of faiss's objective on the same rows and seeds."""
+    from letkd.data import create_dataset, subset
+    from letkd.supervision.collect import RowRequest
+    from letkd.supervision.kmeans import nearest_center, train_kmeans, train_kmeans_torch
+    from letkd.supervision.stream import collect_rows
+    from letkd.taps import resolve_tap
+
+    data = subset(create_dataset("digits", "train", transform="test"), 200, seed=0)
+    torch.manual_seed(5)
+    teacher = create_model("resnet8", NC).eval()
+    path = resolve_tap(teacher, "penultimate")
+
+    def requests(folder: Path) -> list[RowRequest]:
+        common = {"tap": "penultimate", "module_path": path, "pool2x2": False, "dtype": "float16", "seed": 1}
+        return [RowRequest(folder=folder / "rows", keep="rows", cap=3000, **common),
+                RowRequest(folder=folder / "cls", keep="per_class", cap=100, num_classes=NC, stats=True,
+                           **common)]  # fmt: skip
+
+    with full_float32():
+        on_device = collect_rows(teacher, data, requests(tmp_path / "dev"), 64, DEVICE, progress=False)
+        on_cpu = collect_rows(teacher.cpu(), data, requests(tmp_path / "cpu"), 64, progress=False)
+    for a, b in zip(on_device, on_cpu):
+        np.testing.assert_array_equal(a.index, b.index)
+        np.testing.assert_allclose(a.rows.astype(np.float32), b.rows.astype(np.float32), rtol=2e-3, atol=2e-3)
+    within = on_device[1].scatter().within, on_cpu[1].scatter().within
+    np.testing.assert_allclose(*within, rtol=1e-4, atol=1e-3)
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(200, 16)) * 1.5
+    rows = (means[rng.integers(0, 200, 30000)] + rng.normal(size=(30000, 16))).astype(np.float32)
+    ratios = []
+    for seed in range(3):
+        ref = nearest_center(rows, train_kmeans(rows, 64, iters=20, seed=seed))[1].mean()
+        with full_float32():
+            centers, _ = train_kmeans_torch(rows, 64, iters=20, seed=seed, device=DEVICE)
+        ratios.append(nearest_center(rows, centers)[1].mean() / ref)
+    assert max(ratios) < 1.01 and abs(np.mean(ratios) - 1) < 0.01, ratios

@@ -11,7 +11,7 @@ import yaml
 from letkd.build import supervision_specs
 from letkd.cli import main
 from letkd.config import ConfigError, RunConfig, SupervisionConfig
-from letkd.supervision import artifacts as build_mod
+from letkd.supervision import rowcache
 from letkd.supervision.artifacts import build_artifact, kmeans_points_per_centroid, teacher_identity
 from letkd.supervision.codebook import Codebook
 from letkd.supervision.spec import CodebookSpec, SubclassSpec
@@ -104,7 +104,7 @@ def test_fit_command_then_build_reuses_the_cache(tmp_path, capsys, monkeypatch):
     def no_extraction(*args, **kwargs):
         raise AssertionError("a cached artefact must not extract rows")
 
-    monkeypatch.setattr(build_mod, "extract_rows", no_extraction)
+    monkeypatch.setattr(rowcache, "collect_rows", no_extraction)
     from letkd.models import create_model
     from letkd.utils import seed_everything
 

@@ -112,3 +112,49 @@ def test_targets_into_a_buffer_equal_fresh_targets_and_bad_buffers_are_refused()
         cb.targets(feats, out=torch.empty(29, 16))
     with pytest.raises(ValueError, match="float32"):
         cb.targets(feats, out=torch.empty(30, 16, dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def mixture() -> np.ndarray:
+    """30,000 rows of 200 overlapping Gaussian clusters in 16 dims (class-structured teacher features)."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(200, 16)) * 1.5
+    return (means[rng.integers(0, 200, 30000)] + rng.normal(size=(30000, 16))).astype(np.float32)
+
+
+def test_torch_kmeans_matches_faiss_objective(mixture, one_thread):
+    """The device K-means (run here on the CPU, as CI does) against faiss: same rows, same seeds."""
+    from letkd.supervision.kmeans import train_kmeans, train_kmeans_torch
+
+    ratios, first = [], None
+    for seed in range(3):
+        ref = nearest_center(mixture, train_kmeans(mixture, 64, iters=20, seed=seed, threads=1))[1].mean()
+        centers, info = train_kmeans_torch(mixture, 64, iters=20, seed=seed, device="cpu")
+        first = centers if first is None else first
+        ratios.append(nearest_center(mixture, centers)[1].mean() / ref)
+        assert ratios[-1] < 1.01, (seed, ratios)  # never more than 1 % worse than faiss
+        assert info["train_rows"] == 64 * 256 and len(info["objective_per_iter"]) == 20
+        assert info["objective_per_iter"][-1] <= info["objective_per_iter"][1]
+    assert abs(np.mean(ratios) - 1) < 0.01, ratios
+    book = fit_codebook(mixture, 64, iters=20, seed=0, kmeans="torch", progress=False)
+    np.testing.assert_array_equal(book.centers.numpy(), first)  # seeded: the same centres again
+    assert book.fit_info["kmeans_backend"] == "torch-cpu" and int(book.cluster_sizes.sum()) == len(mixture)
+
+
+def test_torch_kmeans_splits_empty_clusters_and_reads_float16_rows():
+    from letkd.supervision.kmeans import train_kmeans_torch
+
+    rows = np.repeat(np.eye(4, dtype=np.float32) * 10, 50, axis=0)  # 4 distinct points, 6 centres
+    rows += np.random.default_rng(0).normal(scale=0.01, size=rows.shape).astype(np.float32)
+    centers, info = train_kmeans_torch(rows.astype(np.float16), 6, iters=5, seed=1)
+    assert centers.dtype == np.float32 and centers.shape == (6, 4) and np.isfinite(centers).all()
+    assert info["empty_splits"] > 0  # duplicates of one point leave clusters empty: they are split
+    assert info["objective_per_iter"][-1] < 1e-2
+
+
+def test_float16_storage_leaves_the_kmeans_fit_unchanged(mixture):
+    """Rows rounded to float16 (how samples are stored) give the same K-means within 0.1 %."""
+    full = fit_codebook(mixture, 64, iters=20, seed=0, progress=False)
+    half = fit_codebook(mixture.astype(np.float16), 64, iters=20, seed=0, progress=False)
+    on_full_rows = nearest_center(mixture, half.centers)[1].mean()
+    assert abs(on_full_rows / full.fit_info["kmeans_objective"] - 1) < 1e-3

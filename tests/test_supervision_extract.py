@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from letkd.supervision.extract import RowFile, extract_rows, subsample_indices
+from letkd.supervision.extract import RowFile, extract_rows
 from letkd.supervision.kmeans import row_chunks
+from letkd.supervision.sampling import bottom_k, row_priorities
 
 
 class TinyNet(nn.Module):
@@ -88,13 +89,16 @@ def test_seeded_subsample_keeps_order(tmp_path):
     full, _ = _expected_rows(model.eval(), data, pool=False)  # 160 rows
     a = extract_rows(model, data, "body", tmp_path / "a", batch_size=3, max_rows=37, seed=5, progress=False)
     b = extract_rows(model, data, "body", tmp_path / "b", batch_size=7, max_rows=37, seed=5, progress=False)
-    keep = subsample_indices(160, 37, 5)
-    assert a.num_rows == 37 and np.all(np.diff(keep) > 0)
+    keep = bottom_k(row_priorities(5, np.arange(10), 16), np.arange(160), np.zeros(160, dtype=np.int64), 37)
+    assert a.num_rows == 37 and a.total_rows == 160 and a.sampled and np.all(np.diff(keep) > 0)
+    np.testing.assert_array_equal(a.index, keep)
     np.testing.assert_allclose(a.rows, full[keep], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(a.rows, b.rows, rtol=1e-5, atol=1e-6)  # same subset for any batch size
+    np.testing.assert_array_equal(a.index, b.index)  # the same rows for any batch size
+    np.testing.assert_allclose(a.rows, b.rows, rtol=1e-5, atol=1e-6)  # (the conv's bits depend on the batch)
     c = extract_rows(model, data, "body", tmp_path / "c", batch_size=3, max_rows=37, seed=6, progress=False)
-    assert not np.array_equal(a.rows, c.rows)
-    assert subsample_indices(160, 500, 0) is None
+    assert not np.array_equal(a.index, c.index)
+    everything = extract_rows(model, data, "body", tmp_path / "d", max_rows=500, progress=False)
+    assert not everything.sampled and everything.dtype == "float32" and everything.num_rows == 160
 
 
 def test_memory_is_bounded_by_the_batch(tmp_path):

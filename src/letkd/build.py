@@ -99,28 +99,29 @@ def build_teacher(cfg: RunConfig, num_classes: int, checkpoint: str | None) -> n
     return teacher.eval().requires_grad_(False)
 
 
-def supervision_artifact(
+def supervision_artifacts(
     cfg: RunConfig,
-    spec: Spec,
+    specs: Sequence[Spec],
     teacher: nn.Module,
     checkpoint: str | None,
     num_classes: int,
     device: torch.device | str | None,
     progress: bool,
     fit: bool = True,
-) -> Any:
-    """The :class:`~letkd.supervision.store.CachedArtifact` of ``spec`` for this run: from the cache, or
-    fitted on the run's training subset (``fit=False``: cached only, else
+) -> list[Any]:
+    """The :class:`~letkd.supervision.store.CachedArtifact` of each spec for this run: from the cache, or
+    fitted on the run's training subset in one teacher pass (``fit=False``: cached only, else
     :class:`~letkd.supervision.artifacts.ArtifactNotCachedError`). The one mapping from a run config to
-    the artefact it uses."""
-    from letkd.supervision import build_artifact
+    the artefacts it uses. Under ``torchrun`` every process calls it (the pass is split over them)."""
+    from letkd.engine.loaders import auto_num_workers
+    from letkd.supervision import build_artifacts
 
     if cfg.teacher is None:
         raise ConfigError(
             f"method {cfg.method.name!r} needs teacher supervision but the config has no teacher"
         )
-    return build_artifact(
-        spec,
+    return build_artifacts(
+        specs,
         teacher,
         cfg.teacher.name,
         checkpoint,
@@ -131,10 +132,25 @@ def supervision_artifact(
         num_classes,
         progress=progress,
         teacher_seed=cfg.seed,
+        num_workers=auto_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers,
         train_subset=cfg.data.train_subset,
         subset_seed=cfg.seed,
         fit=fit,
     )
+
+
+def supervision_artifact(
+    cfg: RunConfig,
+    spec: Spec,
+    teacher: nn.Module,
+    checkpoint: str | None,
+    num_classes: int,
+    device: torch.device | str | None,
+    progress: bool,
+    fit: bool = True,
+) -> Any:
+    """:func:`supervision_artifacts` of one spec."""
+    return supervision_artifacts(cfg, [spec], teacher, checkpoint, num_classes, device, progress, fit)[0]
 
 
 def build_supervision(
@@ -145,25 +161,18 @@ def build_supervision(
     num_classes: int,
     device: torch.device | str | None,
 ) -> list[nn.Module]:
-    """One supervision module per spec (:func:`supervision_artifact`), on ``device``.
+    """One supervision module per spec (:func:`supervision_artifacts`), on ``device``.
 
-    Under DDP rank 0 fits (or finds) them first; the other ranks then load them from the cache.
+    Under DDP every rank reads its share of the images in the teacher pass; rank 0 fits the artefacts,
+    the other ranks then load them from the cache.
     """
-    info = dist_utils.current_info()
+    progress = cfg.train.progress and dist_utils.current_info().is_main
     modules: list[nn.Module] = []
-    for rank_turn in [0, 1] if info.enabled else [0]:
-        if (rank_turn == 0) != info.is_main:
-            dist_utils.barrier()
-            continue
-        modules = []
-        for spec in specs:
-            progress = cfg.train.progress and info.is_main
-            found = supervision_artifact(cfg, spec, teacher, checkpoint, num_classes, device, progress)
-            state = "cached" if found.cached else "fitted"
-            _log(f"supervision: {spec.kind} at teacher {spec.teacher_tap!r} ({state}) → {found.path}")
-            modules.append(found.module.to(device))
-        if info.enabled and rank_turn == 0:
-            dist_utils.barrier()
+    built = supervision_artifacts(cfg, specs, teacher, checkpoint, num_classes, device, progress)
+    for spec, found in zip(specs, built):
+        state = "cached" if found.cached else "fitted"
+        _log(f"supervision: {spec.kind} at teacher {spec.teacher_tap!r} ({state}) → {found.path}")
+        modules.append(found.module.to(device))
     return modules
 
 

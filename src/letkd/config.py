@@ -151,8 +151,18 @@ class SupervisionConfig(_Strict):
     max_rows: int | None = Field(
         None,
         ge=1,
-        description="rows K-means trains on: None = a seeded sample of K·256 rows (speed); >= N = all rows "
-        "(the paper's setting, used by the paper configs); smaller = a seeded sample of about that size",
+        description="codebook: the seeded sample of rows kept from the teacher pass and trained on; None = "
+        "every row is kept and K-means trains on a seeded K·256 of them (speed); >= N = all rows (the "
+        "paper's setting)",
+    )
+    rows_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="sub-classes: the seeded sample of rows per class kept for the per-class K-means and the "
+        "score matrix (LDA still sees every row); None = every row",
+    )
+    sample_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="storage of sampled rows (max_rows / rows_per_class below the row count)"
     )
     extract_batch_size: int = Field(256, ge=1)
     seed: int = Field(0, ge=0, le=MAX_SUPERVISION_SEED, description="K-means seeds (faiss takes 31 bits)")

@@ -175,7 +175,8 @@ ROWS = [
     Row("F3", "fit runs/letkd2/config.yaml --device cpu --no-progress", 0, "", stdout="cached"),
     Row("F4", f"{FIT} supervision.max_rows=0", 1, "supervision.max_rows: Input should be greater than or equal to 1"),
     Row("F5", f"{FIT} supervision.max_rows=-1", 1, "supervision.max_rows"),
-    Row("F6", f"{FIT} supervision.max_rows=1 supervision.cache_dir=out/f6", 0, "", stdout="K=32"),
+    Row("F6", f"{FIT} supervision.max_rows=1 supervision.cache_dir=out/f6", 1,
+        "asks for K=32 templates but the row sample holds only 1 feature rows"),  # the sample is max_rows
     Row("F7", f"{FIT} supervision.kmeans_iters=0", 1, "supervision.kmeans_iters"),
     Row("F8", f"{FIT} supervision.extract_batch_size=100000000 supervision.cache_dir=out/f8", 0, "",
         stdout="K=32"),

@@ -11,14 +11,19 @@ entry of method.params.layers): kind: codebook (K-means visual words, letKD-1/Qu
 kind: subclass (LDA + per-class sub-classes, letKD-2). Each is fitted on the teacher's
 features over the training split (test transform, no augmentation) and saved to
 supervision.cache_dir. Artefacts already in the cache are reused ("cached").
-Relevant settings: supervision.kmeans_iters, supervision.seed, supervision.max_rows (rows
-K-means trains on; unset: a seeded sample of K*256 rows, for speed; >= the number of rows:
-all of them, as the paper does and as the paper configs set), supervision.extract_batch_size,
-supervision.cache_dir. Each fit prints which of the two it used.
+The teacher is read once for all of them (under torchrun, each process reads its share).
+Relevant settings: supervision.kmeans_iters, supervision.seed, supervision.max_rows (the
+seeded sample of rows a codebook keeps and trains on; unset: every row is kept and K-means
+trains on a seeded K*256 of them; >= the number of rows: all of them, as the paper does),
+supervision.rows_per_class (the seeded sample per class the sub-classes are fitted on; LDA
+sees every row), supervision.sample_dtype, supervision.extract_batch_size,
+supervision.cache_dir. Each fit prints which rows it used. A fit that would not fit on the
+disk or in memory stops before the teacher runs and says which cap to set.
 
 examples:
   letkd fit configs/cifar100/resnet56_resnet20/letkd2.yaml
   letkd fit my.yaml supervision.max_rows=100000000 --device cuda
+  torchrun --nproc_per_node=8 -m letkd fit configs/imagenet/resnet34_resnet18/letkd2.yaml
 """
 
 
@@ -58,31 +63,40 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cfg.teacher is None:
         raise ConfigError("the config has no teacher section; supervision is fitted on a teacher")
+    import torch.distributed
+
     from letkd.build import (
         build_teacher,
         check_run,
         method_and_params,
         resolve_num_classes,
-        supervision_artifact,
+        supervision_artifacts,
     )
-    from letkd.device import select_device
+    from letkd.engine import distributed as dist_utils
     from letkd.pipeline import ensure_teacher_checkpoint
     from letkd.preflight import check_inputs, check_subsets
     from letkd.utils import seed_everything
 
-    device = select_device(args.device or cfg.train.device)
-    progress = not args.no_progress
     num_classes = resolve_num_classes(cfg)
     check_run(cfg, method_and_params(cfg)[1], num_classes)  # taps, grids, memory: before any work
     check_inputs(cfg)
     check_subsets(cfg)
-    checkpoint = ensure_teacher_checkpoint(cfg, device)  # trains it first if the config says so
-    seed_everything(cfg.seed)  # an untrained teacher is initialised as `letkd run` initialises it
-    teacher = build_teacher(cfg, num_classes, checkpoint)
-    for spec in specs:
+
+    already = torch.distributed.is_available() and torch.distributed.is_initialized()
+    info, device = dist_utils.init_distributed(args.device or cfg.train.device)  # torchrun: split the pass
+    try:
+        progress = not args.no_progress and info.is_main
+        checkpoint = ensure_teacher_checkpoint(cfg, device)  # trains it first if the config says so
+        seed_everything(cfg.seed)  # an untrained teacher is initialised as `letkd run` initialises it
+        teacher = build_teacher(cfg, num_classes, checkpoint)
         t0 = time.perf_counter()
-        found = supervision_artifact(cfg, spec, teacher, checkpoint, num_classes, device, progress)
-        print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
+        built = supervision_artifacts(cfg, specs, teacher, checkpoint, num_classes, device, progress)
+        if info.is_main:
+            for spec, found in zip(specs, built):
+                print(summary_line(spec, found.meta, found.path, found.cached, time.perf_counter() - t0))
+    finally:
+        if not already:
+            dist_utils.cleanup()
     return 0
 
 
@@ -102,7 +116,12 @@ def summary_line(spec, meta: dict, path, cached: bool, seconds: float) -> str:
         else "sizes n/a"
     )
     status = "cached" if cached else f"fitted in {meta.get('fit_seconds', seconds):.1f} s"
+    rows = meta.get("num_rows")
+    total = meta.get("total_rows", rows)
+    rows_text = (
+        f"{rows} rows" if total == rows else f"{rows} of {total} rows ({meta.get('rows_dtype')} sample)"
+    )
     return (
         f"{spec.kind} {spec.teacher_tap}{' (pool 2x2)' if spec.teacher_pool else ''}: "
-        f"{meta.get('num_rows')} rows x {meta.get('dim')}, {what}, {sizes_text}, {status} -> {path}"
+        f"{rows_text} x {meta.get('dim')}, {what}, {sizes_text}, {status} -> {path}"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from letkd.supervision.kmeans import DEFAULT_CHUNK, nearest_center, train_kmeans
+from letkd.supervision.kmeans import DEFAULT_CHUNK, nearest_center, train_kmeans, train_kmeans_torch
 
 # faiss's own default: K-means trains on a random subset of K·256 rows (see docs/supervision.md)
 DEFAULT_MAX_POINTS_PER_CENTROID: int | None = 256
@@ -140,6 +141,25 @@ class Codebook(nn.Module):
         return f"num_centers={self.num_centers}, dim={self.dim}, temperature={self.temperature}"
 
 
+def kmeans_points_per_centroid(max_rows: int | None, num_centers: int) -> int | None:
+    """faiss ``max_points_per_centroid`` for a K-means training-set cap of ``max_rows`` rows.
+
+    None (no cap given) → the project default (see docs/supervision.md); a cap ≥ N trains on all rows.
+    """
+    if max_rows is None:
+        return DEFAULT_MAX_POINTS_PER_CENTROID
+    return max(1, math.ceil(max_rows / num_centers))
+
+
+def kmeans_backend(device: str | torch.device, kmeans: str = "auto") -> str:
+    """``faiss`` or ``torch``: ``auto`` = torch on a CUDA device, faiss (CPU) otherwise."""
+    if kmeans not in ("auto", "faiss", "torch"):
+        raise ValueError(f"kmeans must be auto, faiss or torch, got {kmeans!r}")
+    if kmeans != "auto":
+        return kmeans
+    return "torch" if torch.device(device).type == "cuda" else "faiss"
+
+
 def fit_codebook(
     rows: np.ndarray,
     num_centers: int = 4096,
@@ -149,30 +169,49 @@ def fit_codebook(
     progress: bool = True,
     chunk_size: int = DEFAULT_CHUNK,
     device: str | torch.device = "cpu",
+    kmeans: str = "auto",
 ) -> Codebook:
-    """K-means codebook of ``rows`` (N, D) with faiss (exact L2), then cluster sizes over *all* rows.
+    """K-means codebook of ``rows`` (N, D) (exact L2), then cluster sizes over *all* rows.
 
-    ``max_points_per_centroid``: faiss trains on a random subset of ``K·max_points_per_centroid`` rows
+    K-means runs with faiss on the CPU, or with :func:`~letkd.supervision.kmeans.train_kmeans_torch` on
+    ``device`` when it is a GPU (``kmeans``: ``auto``, ``faiss`` or ``torch``).
+    ``max_points_per_centroid``: K-means trains on a seeded subset of ``K·max_points_per_centroid`` rows
     (faiss's default 256); ``None`` trains on all rows as in the paper. After training every row is
     assigned to its nearest centre (chunked, remainder included) to count cluster sizes.
     ``fit_info`` records the mean squared distance of all rows to their centre (the K-means objective)
     and the seconds spent.
     """
     t0 = time.perf_counter()
-    centers = train_kmeans(
-        rows,
-        num_centers,
-        iters=iters,
-        seed=seed,
-        max_points_per_centroid=max_points_per_centroid,
-        verbose=progress,
-    )
+    backend = kmeans_backend(device, kmeans)
+    extra: dict[str, Any] = {}
+    if backend == "torch":
+        centers, extra = train_kmeans_torch(
+            rows,
+            num_centers,
+            iters=iters,
+            seed=seed,
+            max_points_per_centroid=max_points_per_centroid,
+            device=device,
+            progress=progress,
+        )
+        extra = {"kmeans_train_rows": extra["train_rows"], "kmeans_empty_splits": extra["empty_splits"]}
+    else:
+        centers = train_kmeans(
+            rows,
+            num_centers,
+            iters=iters,
+            seed=seed,
+            max_points_per_centroid=max_points_per_centroid,
+            verbose=progress,
+        )
     t1 = time.perf_counter()
     assignment, sq_dist = nearest_center(rows, centers, chunk_size=chunk_size, device=device)
     sizes = np.bincount(assignment, minlength=num_centers)
     codebook = Codebook(centers, cluster_sizes=sizes)
     codebook.fit_info = {
         "kmeans_objective": float(sq_dist.astype(np.float64).mean()),
+        "kmeans_backend": "faiss-cpu" if backend == "faiss" else f"torch-{torch.device(device).type}",
+        **extra,
         "seconds_kmeans": t1 - t0,
         "seconds_assign": time.perf_counter() - t1,
         "cluster_sizes": size_stats(sizes),

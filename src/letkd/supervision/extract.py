@@ -1,44 +1,47 @@
-"""Stream a teacher's features at one tap over a dataset to a row file on disk.
+"""Row folders: teacher feature rows of one tap (all of them, or a seeded sample) on disk.
 
-Every spatial location of every image becomes one row: a batch of features ``(B, D, H, W)`` gives
-``B·H·W`` rows in ``(b, h, w)`` order, each labelled with its image's label. Rows go to a preallocated
-float32 file written batch by batch (positioned writes, not a growing array), so peak memory is bounded
-by one batch whatever the dataset size; the file is read back as a ``numpy.memmap``.
+Every spatial location of every image is one row: a batch of features ``(B, D, H, W)`` gives ``B·H·W``
+rows in ``(b, h, w)`` order, each labelled with its image's label, numbered ``image · H·W + location``.
+A folder holds every row of a tap or a sample of them (see :mod:`letkd.supervision.collect`), in row
+order:
 
-Layout of a row folder: ``rows.f32`` (N×D float32, C order), ``labels.i64`` (N int64) and ``meta.json``
-(written last; a folder without it is incomplete). The folder is written under a temporary name
-``.<name>.*.tmp`` and renamed when complete. :func:`open_checked` refuses a damaged folder (files shorter or
-longer than ``meta.json`` says) and :func:`check_finite` features with NaN or infinity.
+- ``rows.f32`` (N×D float32, C order) or ``rows.f16`` (float16, for samples), ``labels.i64`` (N int64);
+- for a sample, ``index.i64`` (N int64): the row numbers; with class statistics over *all* rows (for
+  LDA), ``class_counts.npy``, ``class_means.npy``, ``within_scatter.npy`` (float64);
+- ``meta.json`` (written last; a folder without it is incomplete).
+
+A folder is written under a temporary name ``.<name>.*.tmp`` and renamed when complete.
+:func:`open_checked` refuses a damaged folder (files shorter or longer than ``meta.json`` says) and
+:func:`check_finite` features with NaN or infinity.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from letkd.supervision.errors import CorruptRowsError, NonFiniteFeaturesError
-from letkd.taps import FeatureTaps, resolve_tap
+from letkd.supervision.lda import ClassScatter
 
 ROWS_FILE = "rows.f32"
+ROWS_FILES = {"float32": ROWS_FILE, "float16": "rows.f16"}
 LABELS_FILE = "labels.i64"
+INDEX_FILE = "index.i64"
 META_FILE = "meta.json"
+STATS_FILES = {"counts": "class_counts.npy", "means": "class_means.npy", "within": "within_scatter.npy"}
 
 
 @dataclass
 class RowFile:
-    """A finished row folder: ``rows`` (N, D) float32 memmap, ``labels`` (N,) int64 memmap, ``meta``."""
+    """A finished row folder: ``rows`` (N, D) memmap, ``labels`` (N,) int64 memmap, ``meta``."""
 
     path: Path
     meta: dict[str, Any]
@@ -56,13 +59,28 @@ class RowFile:
 
     @property
     def num_rows(self) -> int:
-        """N, the number of rows."""
+        """N, the number of rows kept."""
         return int(self.meta["num_rows"])
+
+    @property
+    def total_rows(self) -> int:
+        """Rows of the whole pass (images × locations); equals :attr:`num_rows` unless sampled."""
+        return int(self.meta.get("total_rows", self.num_rows))
 
     @property
     def dim(self) -> int:
         """D, the feature dimension of a row."""
         return int(self.meta["dim"])
+
+    @property
+    def dtype(self) -> str:
+        """Storage type of the rows: ``float32`` or ``float16``."""
+        return str(self.meta.get("dtype", "float32"))
+
+    @property
+    def sampled(self) -> bool:
+        """True when the folder holds a sample of the rows, not all of them."""
+        return self.meta.get("keep", "all") != "all"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -72,10 +90,13 @@ class RowFile:
 
     @property
     def rows(self) -> np.memmap:
-        """Read-only memmap of the rows, shape (N, D), float32."""
+        """Read-only memmap of the rows, shape (N, D), float32 or float16."""
         if self._rows is None:
             self._rows = np.memmap(
-                self.path / ROWS_FILE, dtype=np.float32, mode="r", shape=(self.num_rows, self.dim)
+                self.path / ROWS_FILES[self.dtype],
+                dtype=self.dtype,
+                mode="r",
+                shape=(self.num_rows, self.dim),
             )
         return self._rows
 
@@ -88,24 +109,56 @@ class RowFile:
             )
         return self._labels
 
+    @property
+    def index(self) -> np.ndarray:
+        """Row number of each row (``image · H·W + location``), shape (N,), int64."""
+        if not self.sampled:
+            return np.arange(self.num_rows, dtype=np.int64)
+        return np.memmap(self.path / INDEX_FILE, dtype=np.int64, mode="r", shape=(self.num_rows,))
+
+    def scatter(self) -> ClassScatter | None:
+        """Class statistics over every row of the pass (sub-class samples), or None if not stored."""
+        if not self.meta.get("stats"):
+            return None
+        try:
+            loaded = {k: np.load(self.path / name, allow_pickle=False) for k, name in STATS_FILES.items()}
+        except (OSError, ValueError) as exc:
+            raise CorruptRowsError(
+                f"row folder {self.path} has unreadable class statistics ({exc})"
+            ) from None
+        return ClassScatter(**loaded)
+
+
+def _expected_sizes(meta: dict[str, Any]) -> list[tuple[str, int]]:
+    num_rows, dim = int(meta["num_rows"]), int(meta["dim"])
+    dtype = str(meta.get("dtype", "float32"))
+    if dtype not in ROWS_FILES:
+        raise ValueError(f"unknown row dtype {dtype!r}")
+    sizes = [(ROWS_FILES[dtype], num_rows * dim * np.dtype(dtype).itemsize), (LABELS_FILE, num_rows * 8)]
+    if meta.get("keep", "all") != "all":
+        sizes.append((INDEX_FILE, num_rows * 8))
+    return sizes
+
 
 def open_checked(path: str | os.PathLike) -> RowFile | None:
     """The finished row folder at ``path``, None when there is none, :class:`CorruptRowsError` if damaged.
 
     Damaged: ``meta.json`` missing from an existing folder, unreadable or without the row count and
-    dimension, or a data file whose size differs from the one ``meta.json`` gives (a truncated write).
+    dimension, a data file whose size differs from the one ``meta.json`` gives (a truncated write), or
+    missing class statistics.
     """
     path = Path(path)
     if not path.exists():
         return None
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        sizes = _expected_sizes(meta)
         num_rows, dim = int(meta["num_rows"]), int(meta["dim"])
     except FileNotFoundError:
         raise CorruptRowsError(f"row folder {path} is incomplete ({META_FILE} missing)") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise CorruptRowsError(f"row folder {path} has an unreadable {META_FILE} ({exc!r})") from None
-    for name, size in ((ROWS_FILE, num_rows * dim * 4), (LABELS_FILE, num_rows * 8)):
+    for name, size in sizes:
         file = path / name
         have = file.stat().st_size if file.is_file() else None
         if have != size:
@@ -114,6 +167,10 @@ def open_checked(path: str | os.PathLike) -> RowFile | None:
                 f"row folder {path} is damaged: {name} is {state} ({have} bytes, {META_FILE} says "
                 f"{num_rows} rows x {dim} = {size} bytes)"
             )
+    if meta.get("stats"):
+        for name in STATS_FILES.values():
+            if not (path / name).is_file():
+                raise CorruptRowsError(f"row folder {path} is damaged: {name} is missing")
     return RowFile(path=path, meta=meta)
 
 
@@ -136,21 +193,6 @@ def check_finite(rows: RowFile, tap: str, chunk_size: int = 1 << 16) -> None:
         raise NonFiniteFeaturesError(non_finite_message(tap, f"{bad} of {rows.num_rows} rows in {rows.path}"))
 
 
-def subsample_indices(total: int, max_rows: int | None, seed: int) -> np.ndarray | None:
-    """Sorted random subset of ``range(total)`` of size ``max_rows`` (deterministic in ``seed``), or None."""
-    if max_rows is None or max_rows >= total:
-        return None
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(total, size=max_rows, replace=False))
-
-
-def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(batch, dict):
-        return batch["image"], batch["label"]
-    images, labels = batch[0], batch[1]
-    return images, torch.as_tensor(labels)
-
-
 def extract_rows(
     teacher: nn.Module,
     dataset: Dataset,
@@ -163,130 +205,41 @@ def extract_rows(
     device: str | torch.device = "cpu",
     progress: bool = True,
     num_workers: int = 0,
+    dtype: str = "float32",
 ) -> RowFile:
     """Run ``teacher`` over ``dataset`` and write the features at ``tap`` as rows to the folder ``out_path``.
 
     ``dataset`` yields ``(image (C, H_in, W_in), label)``; pass the training split built with the *test*
     transform (no augmentation). The teacher is put in eval mode, moved to ``device`` and run under
     ``torch.inference_mode()``. ``pool2x2`` applies a 2×2/stride-2 average pool to the tap output.
-    Each image's map ``(D, H, W)`` yields H·W rows in ``(h, w)`` order; ``max_rows`` keeps a seeded, uniformly
-    random subset of all rows in their original order. The folder is written under a temporary name and
-    renamed when complete (an existing folder at ``out_path`` is replaced).
+    Each image's map ``(D, H, W)`` yields H·W rows in ``(h, w)`` order. ``max_rows`` keeps the seeded
+    sample of that many rows (stored as ``dtype``) picked by a hash of (seed, image, location), in row
+    order. One pass of :func:`letkd.supervision.stream.collect_rows`; the folder is written under a
+    temporary name and renamed when complete (an existing folder at ``out_path`` is replaced).
     """
-    from tqdm.auto import tqdm
-
-    from letkd.utils import tqdm_disable
+    from letkd.supervision.collect import RowRequest
+    from letkd.supervision.stream import collect_rows
+    from letkd.taps import resolve_tap
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    path = resolve_tap(teacher, tap)
-    num_images = len(dataset)  # type: ignore[arg-type]
-    if num_images == 0:
-        raise ValueError("cannot extract rows from an empty dataset")
-    device = torch.device(device)
-    was_training = teacher.training
-    teacher.eval().to(device)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        drop_last=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
+    request = RowRequest(
+        tap=tap,
+        module_path=resolve_tap(teacher, tap),
+        pool2x2=pool2x2,
+        folder=out_path,
+        keep="all" if max_rows is None else "rows",
+        cap=max_rows,
+        dtype=dtype if max_rows is not None else "float32",
+        seed=seed,
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
-    try:
-        # the forward stops right after the tap, so no later in-place op can touch it: no copy needed
-        with FeatureTaps(teacher, [path], stop_after_last=True, clone=False) as taps:
-
-            def read(images: torch.Tensor) -> torch.Tensor:
-                feats = taps(images.to(device, non_blocking=True))[path]
-                return F.avg_pool2d(feats, kernel_size=2, stride=2) if pool2x2 else feats
-
-            batches = tqdm(loader, desc=f"extract {tap}", unit="batch", disable=tqdm_disable(progress))
-            meta = _stream_rows(read, tap, tmp, num_images, max_rows, seed, batches)
-        meta.update(
-            tap=tap,
-            module_path=path,
-            pool2x2=bool(pool2x2),
-            seed=int(seed),
-            max_rows=None if max_rows is None else int(max_rows),
-        )
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        os.replace(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        teacher.train(was_training)
-    return RowFile.open(out_path)
-
-
-def _stream_rows(
-    read: Callable[[torch.Tensor], torch.Tensor],
-    tap: str,
-    folder: Path,
-    num_images: int,
-    max_rows: int | None,
-    seed: int,
-    batches: Iterator[Any],
-) -> dict[str, Any]:
-    """Write the rows and labels of every batch at their final offsets; return the shape metadata.
-
-    Raises :class:`NonFiniteFeaturesError` at the first batch with NaN or infinite features.
-    """
-    rows_fh = open(folder / ROWS_FILE, "wb")
-    labels_fh = open(folder / LABELS_FILE, "wb")
-    shape: tuple[int, int, int] | None = None
-    keep: np.ndarray | None = None
-    start = 0  # index of the batch's first row among all rows
-    written = 0  # rows written so far
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                images, labels = _split_batch(batch)
-                feats = read(images)
-                if feats.dim() != 4:
-                    raise ValueError(f"tap {tap!r} gives shape {tuple(feats.shape)}, not (B, D, H, W)")
-                b, d, h, w = feats.shape
-                if shape is None:
-                    shape = (d, h, w)
-                    total = num_images * h * w
-                    keep = subsample_indices(total, max_rows, seed)
-                    num_rows = total if keep is None else len(keep)
-                    rows_fh.truncate(num_rows * d * 4)
-                    labels_fh.truncate(num_rows * 8)
-                elif (d, h, w) != shape:
-                    raise ValueError(f"tap {tap!r} changed shape from {shape} to {(d, h, w)} between batches")
-                rows = feats.float().permute(0, 2, 3, 1).reshape(b * h * w, d).cpu().numpy()
-                if not np.isfinite(rows).all():
-                    first = start // (h * w)
-                    raise NonFiniteFeaturesError(non_finite_message(tap, f"images {first}-{first + b - 1}"))
-                row_labels = labels.to(torch.int64).repeat_interleave(h * w).numpy()
-                if keep is not None:
-                    lo, hi = np.searchsorted(keep, [start, start + len(rows)])
-                    rows, row_labels = rows[keep[lo:hi] - start], row_labels[keep[lo:hi] - start]
-                rows_fh.seek(written * d * 4)
-                rows_fh.write(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
-                labels_fh.seek(written * 8)
-                labels_fh.write(np.ascontiguousarray(row_labels, dtype=np.int64).tobytes())
-                start += b * h * w
-                written += len(rows)
-    finally:
-        rows_fh.close()
-        labels_fh.close()
-    assert shape is not None
-    d, h, w = shape
-    if start != num_images * h * w:
-        raise RuntimeError(f"dataset yielded {start // (h * w)} images, expected {num_images}")
-    return {
-        "num_rows": written,
-        "dim": d,
-        "grid": [h, w],
-        "num_images": num_images,
-        "total_rows": start,
-        "dtype": "float32",
-        "label_dtype": "int64",
-    }
+    (done,) = collect_rows(
+        teacher,
+        dataset,
+        [request],
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        num_workers=num_workers,
+    )
+    assert done is not None
+    return done

@@ -26,38 +26,86 @@ class ClassScatter:
     within: np.ndarray
 
 
+class ScatterAccumulator:
+    """Class counts, sums and scatter of labelled rows added chunk by chunk, in float64.
+
+    Σ (x − s)(x − s)ᵀ and per-class sums of x − s are accumulated, with ``s`` (:attr:`shift`) the mean
+    of the first chunk (so that subtracting the class-mean term at the end cancels few digits). The
+    tensors live on ``device`` (the CPU for MPS, which has no float64).
+    """
+
+    def __init__(self, num_classes: int, dim: int, device: str | torch.device = "cpu") -> None:
+        device = torch.device(device)
+        self.device = torch.device("cpu") if device.type == "mps" else device
+        self.num_classes = int(num_classes)
+        self.counts = torch.zeros(num_classes, dtype=torch.float64, device=self.device)
+        self.sums = torch.zeros(num_classes, dim, dtype=torch.float64, device=self.device)
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
+        self.shift = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        self.started = False
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, group: int = 1) -> None:
+        """Add rows ``x`` (n, D) with labels ``y`` (n,) in [0, num_classes); ``x`` may be modified.
+
+        ``group``: the rows come in runs of ``group`` consecutive rows with one label (the locations of
+        one image), so class sums add one sum per run (the same statistics, less work).
+        """
+        if len(y) == 0:
+            return
+        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]"
+            )
+        x = x.to(self.device, torch.float64)
+        y = y.to(self.device, torch.int64)
+        if not self.started:
+            self.shift = x.mean(0)
+            self.started = True
+        x -= self.shift
+        self.gram += x.T @ x
+        if group > 1:
+            self.sums.index_add_(0, y[::group], x.view(-1, group, x.shape[1]).sum(1))
+        else:
+            self.sums.index_add_(0, y, x)
+        self.counts += torch.bincount(y, minlength=self.num_classes).to(torch.float64)
+
+    def recentre(self, shift: torch.Tensor) -> None:
+        """Express the statistics relative to ``shift`` instead of :attr:`shift` (exact algebra)."""
+        delta = self.shift - shift.to(self.device, torch.float64)
+        total = self.sums.sum(0)
+        self.gram += (
+            torch.outer(total, delta)
+            + torch.outer(delta, total)
+            + self.counts.sum() * torch.outer(delta, delta)
+        )
+        self.sums += self.counts[:, None] * delta
+        self.shift = shift.to(self.device, torch.float64).clone()
+
+    def result(self) -> ClassScatter:
+        """The :class:`ClassScatter` of every row added so far."""
+        counts, sums, gram = (t.cpu() for t in (self.counts, self.sums, self.gram))
+        centred_means = sums / counts.clamp_min(1)[:, None]
+        within = gram - (centred_means * counts[:, None]).T @ centred_means
+        return ClassScatter(
+            counts=counts.to(torch.int64).numpy(),
+            means=(centred_means + self.shift.cpu()).numpy(),
+            within=within.numpy(),
+        )
+
+
 def class_scatter(
     rows: np.ndarray, labels: np.ndarray, num_classes: int, chunk_size: int = DEFAULT_CHUNK
 ) -> ClassScatter:
     """Class counts, means and within-class scatter Σ (x − μ_y)(x − μ_y)ᵀ of ``rows`` (N, D), in float64.
 
-    One pass: Σ (x − s)(x − s)ᵀ and per-class sums of x − s are accumulated chunk by chunk, with s the
-    mean of the first chunk (so that subtracting the class-mean term at the end cancels few digits);
-    the within-class scatter is Σ (x − s)(x − s)ᵀ − Σ_c n_c (μ_c − s)(μ_c − s)ᵀ.
+    One pass over ``rows`` chunk by chunk (:class:`ScatterAccumulator`); the within-class scatter is
+    Σ (x − s)(x − s)ᵀ − Σ_c n_c (μ_c − s)(μ_c − s)ᵀ.
     """
-    n, d = rows.shape
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    sums = torch.zeros(num_classes, d, dtype=torch.float64)
-    gram = torch.zeros(d, d, dtype=torch.float64)
-    shift = torch.zeros(d, dtype=torch.float64)
+    acc = ScatterAccumulator(num_classes, rows.shape[1])
     for lo, chunk in row_chunks(rows, chunk_size):
         x = torch.from_numpy(np.array(chunk, dtype=np.float64))
-        y = torch.from_numpy(np.array(labels[lo : lo + chunk_size], dtype=np.int64))
-        if int(y.min()) < 0 or int(y.max()) >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
-        if lo == 0:
-            shift = x.mean(0)
-        x -= shift
-        gram += x.T @ x
-        sums.index_add_(0, y, x)
-        counts += torch.bincount(y, minlength=num_classes).to(torch.float64)
-    centred_means = sums / counts.clamp_min(1)[:, None]
-    within = gram - (centred_means * counts[:, None]).T @ centred_means
-    return ClassScatter(
-        counts=counts.to(torch.int64).numpy(),
-        means=(centred_means + shift).numpy(),
-        within=within.numpy(),
-    )
+        acc.add(x, torch.from_numpy(np.array(labels[lo : lo + chunk_size], dtype=np.int64)))
+    return acc.result()
 
 
 def lda_from_scatter(stats: ClassScatter, tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:

@@ -228,49 +228,67 @@ class ArtifactCache:
             warn(f"damaged cached artefact: {exc}; moved it to {moved}, fitting it again")
             return None
 
+    def lookup(self, kind: str, key_fields: dict[str, Any]) -> CachedArtifact | None:
+        """The cached artefact if it loads cleanly, else None; takes no lock and repairs nothing (a damaged
+        file is left for :meth:`get` / :meth:`get_or_fit`, which move it aside under the lock)."""
+        try:
+            return self._load(kind, key_fields, self.path_for(kind, key_fields))
+        except CorruptArtifactError:
+            return None
+
     def get(self, kind: str, key_fields: dict[str, Any]) -> CachedArtifact | None:
         """The cached artefact, or None when it has not been fitted yet (or was damaged and moved aside)."""
+        found = self.lookup(kind, key_fields)
+        if found is not None:
+            return found
         path = self.path_for(kind, key_fields)
-        try:
-            return self._load(kind, key_fields, path)
-        except CorruptArtifactError:
-            pass
         with self.lock(kind, path):
             return self._load_repairing(kind, key_fields, path)
+
+    def get_locked(self, kind: str, key_fields: dict[str, Any], lock: EntryLock) -> CachedArtifact | None:
+        """Holding the entry's ``lock``: the artefact if cached (a damaged file is moved aside: None), and
+        leftover temporary files of an interrupted fit of the entry removed."""
+        path = self.path_for(kind, key_fields)
+        found = self._load_repairing(kind, key_fields, path)
+        if found is None:
+            assert lock.acquired_at is not None
+            report_stale(remove_stale_temps(self.root, f".{path.name}.*.tmp", lock.acquired_at))
+        return found
+
+    def fit_locked(
+        self, kind: str, key_fields: dict[str, Any], fit_fn: Callable[[], FitResult]
+    ) -> CachedArtifact:
+        """Holding the entry's lock: call ``fit_fn()`` (module, or (module, extra meta)) and save the result.
+
+        The stored metadata is ``key_fields`` + the extra metadata + ``fit_info`` of the module + library
+        versions + fit seconds.
+        """
+        t0 = time.perf_counter()
+        result = fit_fn()
+        module, extra = result if isinstance(result, tuple) else (result, {})
+        meta = {
+            **extra,
+            **key_fields,
+            "fit_seconds": round(time.perf_counter() - t0, 3),
+            "fit_info": getattr(module, "fit_info", {}),
+            "versions": library_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        path = save_artifact(module, self.path_for(kind, key_fields), meta)
+        return CachedArtifact(module, read_metadata(path), path, cached=False)
 
     def get_or_fit(
         self, kind: str, key_fields: dict[str, Any], fit_fn: Callable[[], FitResult]
     ) -> CachedArtifact:
-        """Load the artefact if cached, else call ``fit_fn()`` (module, or (module, extra meta)) and save it.
+        """Load the artefact if cached, else call ``fit_fn()`` and save it (:meth:`fit_locked`).
 
         The fit holds the entry's lock: another process fitting the same entry waits for it and then
         finds the artefact cached. Leftover temporary files of an interrupted fit of the entry are removed,
-        a damaged file is moved aside and fitted again. The stored metadata is ``key_fields`` + the extra
-        metadata + ``fit_info`` of the module + library versions + fit seconds.
+        a damaged file is moved aside and fitted again.
         """
-        path = self.path_for(kind, key_fields)
-        try:
-            found = self._load(kind, key_fields, path)
-        except CorruptArtifactError:
-            found = None
+        found = self.lookup(kind, key_fields)
         if found is not None:
             return found
-        with self.lock(kind, path) as lock:
-            found = self._load_repairing(kind, key_fields, path)
-            if found is not None:
-                return found
-            assert lock.acquired_at is not None
-            report_stale(remove_stale_temps(self.root, f".{path.name}.*.tmp", lock.acquired_at))
-            t0 = time.perf_counter()
-            result = fit_fn()
-            module, extra = result if isinstance(result, tuple) else (result, {})
-            meta = {
-                **extra,
-                **key_fields,
-                "fit_seconds": round(time.perf_counter() - t0, 3),
-                "fit_info": getattr(module, "fit_info", {}),
-                "versions": library_versions(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            path = save_artifact(module, path, meta)
-        return CachedArtifact(module, read_metadata(path), path, cached=False)
+        with self.lock(kind, self.path_for(kind, key_fields)) as lock:
+            found = self.get_locked(kind, key_fields, lock)
+            return found if found is not None else self.fit_locked(kind, key_fields, fit_fn)

@@ -13,7 +13,7 @@ from torch import nn
 
 from letkd.supervision.codebook import as_buffer, check_workspace, size_stats
 from letkd.supervision.kmeans import DEFAULT_CHUNK, nearest_center, train_kmeans
-from letkd.supervision.lda import fit_lda, lda_transform
+from letkd.supervision.lda import ClassScatter, fit_lda, lda_from_scatter, lda_transform
 
 
 class SubclassCodebook(nn.Module):
@@ -139,11 +139,13 @@ def score_matrix_from_assignments(
     """
     s = num_subclasses
     counts = np.bincount(subclass.astype(np.int64) * s + nearest, minlength=s * s).reshape(s, s)
-    counts = counts.astype(np.float64)
-    totals = counts.sum(1)
+    scores = counts.astype(np.float64)
+    del counts  # S² entries (64 M for ImageNet's 8000 sub-classes): one temporary at a time
+    totals = scores.sum(1)
     empty = totals == 0
-    counts[empty, np.flatnonzero(empty)] = 1.0
-    scores = counts / counts.sum(1, keepdims=True)
+    scores[empty, np.flatnonzero(empty)] = 1.0
+    totals[empty] = 1.0
+    scores /= totals[:, None]
     assert np.allclose(scores.sum(1), 1.0), "score-matrix rows must sum to 1"
     return scores
 
@@ -175,10 +177,13 @@ def fit_subclasses(
     max_points_per_centroid: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     device: str | torch.device = "cpu",
+    scatter: ClassScatter | None = None,
 ) -> SubclassCodebook:
     """Fit the letKD-2 sub-class supervision on ``rows`` (N, D) with image ``labels`` (N,) (SPEC §3.2).
 
     1. LDA (scikit-learn svd solver, streamed); keep the first ``min(lda_components, r)`` components.
+       ``scatter``: class statistics of a larger set of rows of which ``rows`` is a per-class sample
+       (LDA from them; steps 2-4 on the sample); None = LDA from ``rows``.
     2. Per class, faiss K-means with k = ``subclasses_per_class`` on its LDA rows (seed ``seed + class``;
        ``max_points_per_centroid`` None = all rows); sub-class label P(n) = k·y + nearest own centre.
     3. Prototypes = mean LDA row per sub-class (an empty sub-class falls back to its centre).
@@ -190,7 +195,10 @@ def fit_subclasses(
     labels = np.asarray(labels, dtype=np.int64)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    scalings, xbar = fit_lda(rows, labels, num_classes, chunk_size=chunk_size)
+    if scatter is None:
+        scalings, xbar = fit_lda(rows, labels, num_classes, chunk_size=chunk_size)
+    else:
+        scalings, xbar = lda_from_scatter(scatter)
     d = min(lda_components, scalings.shape[1])
     seconds["lda"] = time.perf_counter() - t
 
