@@ -52,11 +52,13 @@ def test_codebook_targets_give_the_reference_loss(layer_ref, chunk):
     loss = template_kl(scores, targets)
     torch.testing.assert_close(loss.double(), t(layer_ref["pen/kl_loss"]), **TOL)
     # the targets it builds are the fixture's soft assignments
-    targets.prepare(torch.float32)
+    targets.prepare(torch.float32, 1.0)
     k = scores.shape[1]
-    probs, work = torch.empty(targets.num_rows, k), torch.empty(targets.num_rows, k)
-    targets.fill(0, targets.num_rows, probs, work)
-    torch.testing.assert_close(probs, t(layer_ref["pen/teacher_targets_BHWK"]).reshape(-1, k), **TOL)
+    probs, log_probs = torch.empty(targets.num_rows, k), torch.empty(targets.num_rows, k)
+    targets.fill(0, targets.num_rows, probs, log_probs)
+    expected = t(layer_ref["pen/teacher_targets_BHWK"]).reshape(-1, k)
+    torch.testing.assert_close(probs, expected, **TOL)
+    torch.testing.assert_close(log_probs.exp(), expected, **TOL)
 
 
 def test_table_targets_give_the_reference_loss(layer_ref, chunk):

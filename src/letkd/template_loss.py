@@ -4,22 +4,26 @@
 :class:`TemplateTargets` that produces them a few locations at a time: :class:`CodebookTargets` (softmax of
 ``−τ‖f − ρ_k‖²``, letKD-1 / QuEST) and :class:`TableTargets` (rows of a fixed distribution table picked per
 location, letKD-2's sub-classes). With the latter two the ``B·K·H·W`` target map is never built: per chunk
-of locations the targets, both softmaxes, the KL terms and the gradient ``(softmax(a) − P) / N`` are
-computed while the chunk is in cache, and the gradient — the only full-size tensor kept for the backward —
-is written once.
+of locations the targets, the log-softmax of the scores, the KL terms and the gradient
+``(softmax(a) − P) / N`` are computed while the chunk is in cache, and the gradient — the only full-size
+tensor kept for the backward — is written once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-#: locations per chunk ≈ this many elements / K (1 MiB of float32: three such buffers stay in cache)
+#: locations per chunk ≈ this many elements / K (1 MiB of float32: the chunk's four buffers stay in cache)
 CHUNK_ELEMENTS = 2**18
 
 _softmax_out = torch.ops.aten._softmax.out
 _log_softmax_out = torch.ops.aten._log_softmax.out
+_log_softmax_backward_out = torch.ops.aten._log_softmax_backward_data.out
 
 
 class TemplateTargets:
@@ -30,35 +34,38 @@ class TemplateTargets:
 
     num_rows: int
     num_templates: int
-    device: torch.device
 
-    def prepare(self, dtype: torch.dtype) -> None:
-        """Called once per loss before :meth:`fill`, with the dtype the loss computes in."""
+    def prepare(self, dtype: torch.dtype, scale: float) -> None:
+        """Called once per loss before :meth:`fill`: the dtype the loss computes in, the factor of ``P``."""
 
-    def fill(self, start: int, stop: int, probs: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
-        """Write the targets of rows ``start:stop`` into ``probs`` ``(n, K)``; return ``Σ_k P log P`` ``(n,)``
-        (``0 · log 0 = 0``). ``work`` is an ``(n, K)`` scratch buffer."""
+    def fill(self, start: int, stop: int, probs: torch.Tensor, log_probs: torch.Tensor) -> None:
+        """Write ``scale · P`` of rows ``start:stop`` into ``probs`` ``(n, K)`` and ``log P`` into
+        ``log_probs`` (entries of ``P`` below the smallest normal float may use its logarithm instead:
+        they are multiplied by ``P``)."""
         raise NotImplementedError
 
 
+def _clamped_log(p: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``log max(p, tiny)``: entries below the smallest normal float (1.2e-38) use its logarithm, an error
+    below 2e-36 per entry once multiplied by ``p`` (``torch.xlogy`` would be exact but runs a scalar loop on
+    CPU)."""
+    return torch.clamp_min(p, torch.finfo(p.dtype).tiny, out=out).log_()
+
+
 class _DenseTargets(TemplateTargets):
-    """Targets given as contiguous ``(N, K)`` rows."""
+    """Targets given as ``(N, K)`` rows."""
 
     def __init__(self, rows: torch.Tensor) -> None:
         self.rows = rows
         self.num_rows, self.num_templates = rows.shape
-        self.device = rows.device
 
-    def prepare(self, dtype: torch.dtype) -> None:
-        self.rows = self.rows.to(dtype)
+    def prepare(self, dtype, scale):
+        self.rows, self.scale = self.rows.to(dtype), scale
 
-    def fill(self, start, stop, probs, work):
+    def fill(self, start, stop, probs, log_probs):
         p = self.rows[start:stop]
-        probs.copy_(p)
-        # entries below the smallest normal float (1.2e-38) use its logarithm: an error below 2e-36 per entry
-        # (``torch.xlogy`` would be exact but runs a scalar loop on CPU)
-        torch.clamp_min(p, torch.finfo(p.dtype).tiny, out=work).log_().mul_(p)
-        return work.sum(1)
+        torch.mul(p, self.scale, out=probs)
+        _clamped_log(p, log_probs)
 
 
 class CodebookTargets(TemplateTargets):
@@ -80,21 +87,23 @@ class CodebookTargets(TemplateTargets):
         self.features = features.detach().to(centers.device).movedim(1, -1).reshape(-1, d)
         self.centers, self.temperature = centers, float(temperature)
         self.num_rows, self.num_templates = self.features.shape[0], centers.shape[0]
-        self.device = centers.device
 
-    def prepare(self, dtype: torch.dtype) -> None:
-        self.features = self.features.to(dtype).contiguous()
-        self._centers_t = self.centers.to(dtype).T
-        self._bias = self.centers.to(dtype).pow(2).sum(1)
+    def prepare(self, dtype, scale):
+        centers = self.centers.to(dtype)
+        self.features, self._centers_t, self._bias = self.features.to(dtype), centers.T, centers.pow(2).sum(1)
+        self.scale = scale
 
-    def fill(self, start, stop, probs, work):
+    def fill(self, start, stop, probs, log_probs):
         tau = self.temperature
         logits = torch.addmm(
-            self._bias, self.features[start:stop], self._centers_t, beta=-tau, alpha=2 * tau, out=work
+            self._bias, self.features[start:stop], self._centers_t, beta=-tau, alpha=2 * tau, out=log_probs
         )
         _softmax_out(logits, 1, False, out=probs)
-        log_p = _log_softmax_out(logits, 1, False, out=logits)  # in place: each row is reduced first
-        return log_p.mul_(probs).sum(1)
+        # log P = logits − lse; at a row's maximum m the softmax is exp(m − lse) ≥ 1/K, its own row maximum,
+        # so lse = m − log max_k P is well conditioned (no second exp pass)
+        lse = logits.amax(1, keepdim=True).sub_(probs.amax(1, keepdim=True).log_())
+        logits.sub_(lse)
+        probs.mul_(self.scale)
 
 
 class TableTargets(TemplateTargets):
@@ -107,57 +116,89 @@ class TableTargets(TemplateTargets):
 
     def __init__(self, table: torch.Tensor, index: torch.Tensor) -> None:
         if table.dim() != 2 or index.dim() != 1:
-            raise ValueError(f"expected a (S, K) table and (N,) index, got {tuple(table.shape)}, "
-                             f"{tuple(index.shape)}")
+            raise ValueError(
+                f"expected a (S, K) table and (N,) index, got {tuple(table.shape)}, {tuple(index.shape)}"
+            )
         self.table, self.index = table, index.to(table.device)
         self.num_rows, self.num_templates = index.shape[0], table.shape[1]
-        self.device = table.device
 
-    def prepare(self, dtype: torch.dtype) -> None:
-        self._table = self.table.to(dtype)
-        self._plogp = torch.xlogy(self._table, self._table).sum(1)  # per table row, S·K once
+    def prepare(self, dtype, scale):
+        table = self.table.to(dtype)
+        self._scaled, self._log = table * scale, _clamped_log(table, torch.empty_like(table))
 
-    def fill(self, start, stop, probs, work):
+    def fill(self, start, stop, probs, log_probs):
         index = self.index[start:stop]
-        torch.index_select(self._table, 0, index, out=probs)
-        return self._plogp.index_select(0, index)
+        torch.index_select(self._scaled, 0, index, out=probs)
+        torch.index_select(self._log, 0, index, out=log_probs)
+
+
+def _in_parallel_chunks(run: Callable[[list[int]], None], starts: list[int], device: torch.device) -> None:
+    """``run`` over the chunk starts, split among the CPU's intra-op threads, one chunk per thread at a time.
+
+    Each chunk's operations are small (they fit in cache): run with the usual intra-op parallelism, every
+    one of them would be a parallel region of its own, and on a machine with more busy threads than cores
+    each region's barrier waits for a descheduled thread (measured: 10× slower than the unfused loss on two
+    oversubscribed cores). Here each thread runs whole chunks with intra-op parallelism off, so the threads
+    only meet once, at the end. On other devices, and with one thread, the chunks run in order.
+    """
+    threads = min(torch.get_num_threads(), len(starts)) if device.type == "cpu" else 1
+    if threads <= 1:
+        with torch.no_grad():
+            run(starts)
+        return
+    before = torch.get_num_threads()
+
+    def worker(i: int) -> None:
+        with torch.no_grad():
+            run(starts[i::threads])
+
+    torch.set_num_threads(1)  # read by each new thread at its first operation, and by MKL
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(worker, range(threads)))
+    finally:
+        torch.set_num_threads(before)
 
 
 class _FusedTemplateKL(torch.autograd.Function):
     """KL(P ‖ softmax(a)) over the last axis of ``(N, K)`` score rows, divided by ``N``; targets constant.
 
-    Forward, per chunk of rows: ``P`` from ``targets``, ``log softmax(a)`` and ``softmax(a)``; the row terms
-    ``Σ P log P − Σ P log softmax(a)`` (each row reduced on its own over K terms, rows summed in float64:
-    one float32 sum over all N·K terms would lose about three digits on large high-entropy maps); the
-    gradient rows ``(softmax(a) − P) / N``. The backward only scales that gradient by the incoming one.
+    Forward, per chunk of rows (which stays in cache): ``p = −P/N`` and ``log P`` from ``targets``,
+    ``log softmax(a)``; the row terms ``Σ_k p (log P − log softmax(a))`` (each row reduced on its own over K
+    terms, rows summed in float64: one float32 sum over all N·K terms would lose about three digits on large
+    high-entropy maps); the gradient rows ``p − softmax(a)·Σ_k p = (softmax(a)·Σ_k P − P) / N`` (ATen's
+    log-softmax backward). The backward only scales that gradient by the incoming one.
     """
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor, targets: TemplateTargets) -> torch.Tensor:
         n_rows, k = scores.shape
         dtype = torch.promote_types(scores.dtype, torch.float32)
+        scale = -1.0 / max(n_rows, 1)
+        scores = scores.detach()
         with torch.autocast(scores.device.type, enabled=False):
-            targets.prepare(dtype)
+            targets.prepare(dtype, scale)
             grad = torch.empty_like(scores, memory_format=torch.contiguous_format)
             row_terms = torch.empty(n_rows, dtype=dtype, device=scores.device)
             step = max(1, min(n_rows, CHUNK_ELEMENTS // max(k, 1)))
-            probs, work, log_q = (torch.empty(step, k, dtype=dtype, device=scores.device) for _ in range(3))
-            same_dtype = grad.dtype == dtype
-            for start in range(0, n_rows, step):
-                stop = min(start + step, n_rows)
-                n = stop - start
-                p, w, lq = probs[:n], work[:n], log_q[:n]
-                plogp = targets.fill(start, stop, p, w)
-                a = scores[start:stop].to(dtype)
-                g = grad[start:stop] if same_dtype else w
-                _softmax_out(a, 1, False, out=g)
-                _log_softmax_out(a, 1, False, out=lq)
-                torch.sub(plogp, lq.mul_(p).sum(1), out=row_terms[start:stop])
-                g.sub_(p).mul_(1.0 / n_rows)
-                if not same_dtype:
-                    grad[start:stop].copy_(g)
+
+            def run(starts: list[int]) -> None:
+                buffers = [torch.empty(step, k, dtype=dtype, device=scores.device) for _ in range(3)]
+                if grad.dtype != dtype:
+                    buffers.append(torch.empty(step, k, dtype=dtype, device=scores.device))
+                for start in starts:
+                    stop = min(start + step, n_rows)
+                    p, log_p, log_q, *g = (b[: stop - start] for b in buffers)
+                    targets.fill(start, stop, p, log_p)
+                    _log_softmax_out(scores[start:stop].to(dtype), 1, False, out=log_q)
+                    torch.sum(log_p.sub_(log_q).mul_(p), 1, out=row_terms[start:stop])
+                    _log_softmax_backward_out(p, log_q, 1, dtype, out=g[0] if g else grad[start:stop])
+                    if g:
+                        grad[start:stop].copy_(g[0])
+
+            _in_parallel_chunks(run, list(range(0, n_rows, step)), scores.device)
         ctx.save_for_backward(grad)
-        return (row_terms.sum(dtype=torch.float64) / n_rows).to(dtype)
+        return (row_terms.sum(dtype=torch.float64) / (scale * n_rows)).to(dtype)
 
     @staticmethod
     @once_differentiable
