@@ -71,8 +71,13 @@ _SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}
 def git_commit(path: Path) -> str:
     """``@ <short commit>`` of the checkout holding ``path``, or ``""``."""
     try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return f" @ {out.stdout.strip()}"
@@ -102,7 +107,9 @@ class AuthorsCode:
 
     def __init__(self, root: Path) -> None:
         if not (root / "distillation" / "architectures").is_dir():
-            raise FileNotFoundError(f"{root} holds no distillation/architectures (not a letKD-framework checkout)")
+            raise FileNotFoundError(
+                f"{root} holds no distillation/architectures (not a letKD-framework checkout)"
+            )
         sys.path.insert(0, str(root))
         self.root = root
         # the step modules without their package's __init__, which imports every algorithm of the framework
@@ -115,7 +122,9 @@ class AuthorsCode:
             sys.modules[package] = stub
         self.arch = importlib.import_module("distillation.architectures")
         self.tools = importlib.import_module("distillation.architectures.tools")
-        self.quest = importlib.import_module("distillation.algorithms.classification.classification_quest_value")
+        self.quest = importlib.import_module(
+            "distillation.algorithms.classification.classification_quest_value"
+        )
         self.subclass = importlib.import_module(
             "distillation.algorithms.classification.classification_subclass_quest_value"
         )
@@ -130,13 +139,24 @@ class AuthorsCode:
         return self.tools.split_network(self._resnet(depth), ["layer3"], [False])
 
     def _templates(self, k: int) -> torch.nn.Module:
-        opt = {"classifier_type": "conv_cosine", "num_classes": k, "num_channels": TEACHER_DIM, "scale_cls": 3.0,
-               "learn_scale": True}
+        opt = {
+            "classifier_type": "conv_cosine",
+            "num_classes": k,
+            "num_channels": TEACHER_DIM,
+            "scale_cls": 3.0,
+            "learn_scale": True,
+        }
         return self.arch.factory("classifiers.classifier", opt=opt)
 
     def _codebook(self, centers: torch.Tensor) -> torch.nn.Module:
-        opt = {"num_embeddings": K_PEN, "embedding_dim": TEACHER_DIM, "commitment_cost": 0.25, "decay": 0.99,
-               "epsilon": 1e-5, "temperature": 1}
+        opt = {
+            "num_embeddings": K_PEN,
+            "embedding_dim": TEACHER_DIM,
+            "commitment_cost": 0.25,
+            "decay": 0.99,
+            "epsilon": 1e-5,
+            "temperature": 1,
+        }
         vq = self.arch.factory("miscellaneous.vector_quantization", opt=opt)
         with torch.no_grad():
             vq._embedding.weight.copy_(centers)
@@ -146,16 +166,26 @@ class AuthorsCode:
         teacher, _ = self._split(56)
         student, classifier = self._split(20)
         templates = self._templates(K_PEN)
-        value = self.arch.factory("miscellaneous.valueLayer", opt={"emb_size": K_PEN, "inp_size": TEACHER_DIM})
-        nets = dict(feature_extractor=student, classifier=classifier, BoW_predictor=templates, valueLayer=value)
+        value = self.arch.factory(
+            "miscellaneous.valueLayer", opt={"emb_size": K_PEN, "inp_size": TEACHER_DIM}
+        )
+        nets = dict(
+            feature_extractor=student, classifier=classifier, BoW_predictor=templates, valueLayer=value
+        )
         optims = {f"{name}_optimizer": _sgd(net) for name, net in nets.items()}
         vq = self._codebook(centers)
         teacher.eval().requires_grad_(False)
 
         def step() -> None:
             self.quest.object_classification_with_quest(
-                **nets, **optims, feature_extractor_target=teacher, vector_quantizer_target=vq, images=images,
-                labels=labels, is_train=True)
+                **nets,
+                **optims,
+                feature_extractor_target=teacher,
+                vector_quantizer_target=vq,
+                images=images,
+                labels=labels,
+                is_train=True,
+            )
 
         return step
 
@@ -172,11 +202,20 @@ class AuthorsCode:
         templates = [self._templates(s), self._templates(K_PEN)]
         with cuda_calls_stay_on_cpu():
             values = [
-                self.arch.factory("miscellaneous.valueLayer_subclass", opt={
-                    "emb_size": s, "inp_size": TEACHER_DIM, "num_classes": NUM_CLASSES,
-                    "centers_filename": str(folder / "centers.npy"), "lda_filename": str(folder / "lda"),
-                    "scores_filename": str(folder / "scores.npy")}),
-                self.arch.factory("miscellaneous.valueLayer", opt={"emb_size": K_PEN, "inp_size": TEACHER_DIM}),
+                self.arch.factory(
+                    "miscellaneous.valueLayer_subclass",
+                    opt={
+                        "emb_size": s,
+                        "inp_size": TEACHER_DIM,
+                        "num_classes": NUM_CLASSES,
+                        "centers_filename": str(folder / "centers.npy"),
+                        "lda_filename": str(folder / "lda"),
+                        "scores_filename": str(folder / "scores.npy"),
+                    },
+                ),
+                self.arch.factory(
+                    "miscellaneous.valueLayer", opt={"emb_size": K_PEN, "inp_size": TEACHER_DIM}
+                ),
             ]
         opt_student, opt_classifier = _sgd(student), _sgd(classifier)
         opt_templates, opt_values = [_sgd(m) for m in templates], [_sgd(m) for m in values]
@@ -185,11 +224,22 @@ class AuthorsCode:
 
         def step() -> None:
             self.subclass.object_classification_with_subclass_quest(
-                feature_extractor=student, feature_extractor_optimizer=opt_student, classifier=classifier,
-                classifier_optimizer=opt_classifier, BoW_predictor=templates, BoW_predictor_optimizer=opt_templates,
-                feature_extractor_target=teacher, vector_quantizer_target=vq, valueLayer=values,
-                valueLayer_optimizer=opt_values, which_stage_t=5, which_stage_s=5, images=images, labels=labels,
-                is_train=True)
+                feature_extractor=student,
+                feature_extractor_optimizer=opt_student,
+                classifier=classifier,
+                classifier_optimizer=opt_classifier,
+                BoW_predictor=templates,
+                BoW_predictor_optimizer=opt_templates,
+                feature_extractor_target=teacher,
+                vector_quantizer_target=vq,
+                valueLayer=values,
+                valueLayer_optimizer=opt_values,
+                which_stage_t=5,
+                which_stage_s=5,
+                images=images,
+                labels=labels,
+                is_train=True,
+            )
 
         return step
 
@@ -218,20 +268,41 @@ def torchdistill_kd_step(images, labels) -> tuple[Step, str]:
     train = {
         "num_epochs": 1,
         "train_data_loader": {
-            "dataset_id": "train", "kwargs": {"batch_size": BATCH}, "requires_supp": False,
+            "dataset_id": "train",
+            "kwargs": {"batch_size": BATCH},
+            "requires_supp": False,
             "sampler": {"class_or_func": torch.utils.data.RandomSampler, "kwargs": {}},
         },
         "teacher": {"forward_proc": "forward_batch_only", "requires_grad": False},
         "student": {"forward_proc": "forward_batch_only", "requires_grad": True},
         "optimizer": {"key": "SGD", "kwargs": dict(_SGD)},
-        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": {
-            "key": "KDLoss", "kwargs": {"student_module_path": ".", "student_module_io": "output",
-                                        "teacher_module_path": ".", "teacher_module_io": "output",
-                                        "temperature": 4.0, "alpha": 0.9, "reduction": "batchmean"}},
-            "weight": 1.0}}}},
+        "criterion": {
+            "key": "WeightedSumLoss",
+            "kwargs": {
+                "sub_terms": {
+                    "kd": {
+                        "criterion": {
+                            "key": "KDLoss",
+                            "kwargs": {
+                                "student_module_path": ".",
+                                "student_module_io": "output",
+                                "teacher_module_path": ".",
+                                "teacher_module_io": "output",
+                                "temperature": 4.0,
+                                "alpha": 0.9,
+                                "reduction": "batchmean",
+                            },
+                        },
+                        "weight": 1.0,
+                    }
+                }
+            },
+        },
     }
     teacher, student = resnet56(num_classes=NUM_CLASSES), resnet20(num_classes=NUM_CLASSES)
-    box = get_distillation_box(teacher, student, {"train": dataset}, train, torch.device("cpu"), None, False, 1)
+    box = get_distillation_box(
+        teacher, student, {"train": dataset}, train, torch.device("cpu"), None, False, 1
+    )
     box.pre_epoch_process(epoch=0)
 
     def step() -> None:
@@ -269,7 +340,9 @@ def main() -> None:
             calls["authors KD"] = authors.kd_step(images, labels)
             calls["authors letKD-1"] = authors.letkd1_step(images, labels, centers)
             calls["authors letKD-2"] = authors.letkd2_step(images, labels, centers, Path(folder))
-            sources.update(dict.fromkeys(("authors KD", "authors letKD-1", "authors letKD-2"), authors.source))
+            sources.update(
+                dict.fromkeys(("authors KD", "authors letKD-1", "authors letKD-2"), authors.source)
+            )
         extra = os.environ.get("LETKD_TORCHDISTILL", "").strip()
         if extra:
             sys.path.insert(0, str(Path(extra).expanduser().resolve()))
@@ -284,8 +357,16 @@ def main() -> None:
         timings = interleaved_median(calls, repeats=steps)
     print(f"{load_average()} after")
     base = timings["letkd vanilla"]
-    rows = [[label, f"{t.wall * 1e3:.1f}", f"{t.wall / base.wall:.2f}×", f"{t.cpu / base.cpu:.2f}×", sources[label]]
-            for label, t in timings.items()]
+    rows = [
+        [
+            label,
+            f"{t.wall * 1e3:.1f}",
+            f"{t.wall / base.wall:.2f}×",
+            f"{t.cpu / base.cpu:.2f}×",
+            sources[label],
+        ]
+        for label, t in timings.items()
+    ]
     print(format_table(["step", "ms/step", "ratio to letkd vanilla", "CPU-time ratio", "code"], rows))
     for reason in missing:
         print(f"not timed: {reason}")

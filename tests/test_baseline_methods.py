@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from letkd.methods.ab import ab_connector, ab_pair_loss, ab_pair_weights
 from letkd.methods import crd
+from letkd.methods.ab import ab_connector, ab_pair_loss, ab_pair_weights
 from letkd.methods.crd import ContrastMemory, Embed
 from letkd.methods.fitnet import HintRegressor
 from letkd.methods.losses import contrast_loss, fsp_losses, fsp_matrices, match_grids, vid_loss

@@ -76,6 +76,7 @@ def test_a_bank_changed_before_the_backward_is_refused():
 
 
 def test_the_dense_path_is_chosen_for_small_banks_only():
-    idx = torch.zeros(64, 16385, dtype=torch.long)
-    assert crd._use_dense(50_000, idx)  # CIFAR-100
-    assert not crd._use_dense(1_281_167, idx)  # ImageNet: gathered rows
+    idx = torch.randint(0, 50_000, (64, 16385))
+    positions = crd.dense_positions(50_000, idx)  # CIFAR-100
+    assert positions is not None and torch.equal(positions.view(64, -1) % 50_000, idx)
+    assert crd.dense_positions(1_281_167, idx) is None  # ImageNet: gathered rows

@@ -47,7 +47,9 @@ def chunk(request, monkeypatch):
 def test_codebook_targets_give_the_reference_loss(layer_ref, chunk):
     scores = t(layer_ref["pen/scores"])
     targets = CodebookTargets(
-        t(layer_ref["pen/teacher_features"]), t(layer_ref["pen/centroids"]), float(layer_ref["pen/temperature"])
+        t(layer_ref["pen/teacher_features"]),
+        t(layer_ref["pen/centroids"]),
+        float(layer_ref["pen/temperature"]),
     )
     loss = template_kl(scores, targets)
     torch.testing.assert_close(loss.double(), t(layer_ref["pen/kl_loss"]), **TOL)

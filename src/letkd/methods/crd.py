@@ -97,8 +97,13 @@ class _BankUpdate:
             self.version = self.bank._version
 
 
-def _use_dense(num_rows: int, idx: torch.Tensor) -> bool:
-    return num_rows <= DENSE_ROWS_PER_COLUMN * idx.shape[1] and num_rows * idx.shape[0] <= DENSE_MAX_ELEMENTS
+def dense_positions(num_rows: int, idx: torch.Tensor) -> torch.Tensor | None:
+    """Where the sampled entries ``idx (B, K+1)`` lie in a flattened ``(B, num_rows)`` product, when scoring
+    by the dense product pays off (see :class:`_SampledDots`); ``None`` when gathered rows are cheaper."""
+    b, n = idx.shape
+    if num_rows > DENSE_ROWS_PER_COLUMN * n or num_rows * b > DENSE_MAX_ELEMENTS:
+        return None
+    return (idx + torch.arange(b, device=idx.device).mul_(num_rows).unsqueeze(1)).view(-1)
 
 
 class _SampledDots(torch.autograd.Function):
@@ -112,14 +117,13 @@ class _SampledDots(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, e: torch.Tensor, bank: torch.Tensor, idx: torch.Tensor, update: _BankUpdate):
+    def forward(ctx, e, bank, idx, positions: torch.Tensor | None, update: _BankUpdate) -> torch.Tensor:
+        """``e (B, D)``, ``bank (N, D)``, ``idx (B, K+1)``, ``positions`` from :func:`dense_positions`."""
         e32 = e.to(bank.dtype)
         b, n = idx.shape
-        if _use_dense(bank.shape[0], idx):
-            positions = (idx + torch.arange(b, device=idx.device).mul_(bank.shape[0]).unsqueeze(1)).view(-1)
+        if positions is not None:
             dots = torch.mm(e32, bank.T).view(-1).index_select(0, positions).view(b, n)
         else:
-            positions = None
             dots = torch.empty(b, n, dtype=bank.dtype, device=bank.device)
             step = max(1, GATHER_CHUNK_ELEMENTS // (n * bank.shape[1]))
             for start in range(0, b, step):
@@ -142,7 +146,7 @@ class _SampledDots(torch.autograd.Function):
                 grad_e = weights.view(idx.shape[0], -1) @ bank
             else:
                 grad_e = F.embedding_bag(idx, bank, per_sample_weights=grad, mode="sum")
-        return grad_e.to(ctx.e_dtype), None, None, None
+        return grad_e.to(ctx.e_dtype), None, None, None, None
 
 
 class ContrastMemory(nn.Module):
@@ -167,8 +171,10 @@ class ContrastMemory(nn.Module):
         gathering the sampled rows (see :class:`_SampledDots`); their backward must run before the next call.
         """
         updates = _BankUpdate(self.memory_v1), _BankUpdate(self.memory_v2)
-        s = torch.exp(_SampledDots.apply(e_s, self.memory_v2, contrast_index, updates[1]) / self.temperature)
-        t = torch.exp(_SampledDots.apply(e_t, self.memory_v1, contrast_index, updates[0]) / self.temperature)
+        positions = dense_positions(self.num_data, contrast_index)  # the same for both banks
+        s = _SampledDots.apply(e_s, self.memory_v2, contrast_index, positions, updates[1])
+        t = _SampledDots.apply(e_t, self.memory_v1, contrast_index, positions, updates[0])
+        s, t = torch.exp(s / self.temperature), torch.exp(t / self.temperature)
         with torch.no_grad():
             first = torch.stack([s.mean(), t.mean()]) * self.num_data
             self.z.copy_(torch.where(self.z < 0, first, self.z))  # set once, no host sync
