@@ -80,3 +80,19 @@ def test_the_dense_path_is_chosen_for_small_banks_only():
     positions = crd.dense_positions(50_000, idx)  # CIFAR-100
     assert positions is not None and torch.equal(positions.view(64, -1) % 50_000, idx)
     assert crd.dense_positions(1_281_167, idx) is None  # ImageNet: gathered rows
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_half_precision_embeddings_score_in_float32(dense, monkeypatch):
+    if not dense:
+        monkeypatch.setattr(crd, "DENSE_ROWS_PER_COLUMN", 0)
+    memory, e_s, e_t, index, contrast_index = _case(2)
+    memory = memory.float()
+    a_s = e_s.to(torch.bfloat16).requires_grad_(True)
+    a_t = e_t.to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_s, out_t = memory(a_s, a_t, index, contrast_index)
+        loss = contrast_loss(out_s, memory.num_data) + contrast_loss(out_t, memory.num_data)
+    loss.float().backward()
+    assert out_s.dtype == torch.float32 and torch.isfinite(loss)
+    assert a_s.grad.dtype == torch.bfloat16 and torch.isfinite(a_s.grad).all()

@@ -118,18 +118,22 @@ class _SampledDots(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, e, bank, idx, positions: torch.Tensor | None, update: _BankUpdate) -> torch.Tensor:
-        """``e (B, D)``, ``bank (N, D)``, ``idx (B, K+1)``, ``positions`` from :func:`dense_positions`."""
+        """``e (B, D)``, ``bank (N, D)``, ``idx (B, K+1)``, ``positions`` from :func:`dense_positions`.
+
+        In the bank's dtype even under autocast: the scores are ``exp(dots / 0.07)``, which would turn a
+        bfloat16 product's rounding into errors of several percent."""
         e32 = e.to(bank.dtype)
         b, n = idx.shape
-        if positions is not None:
-            dots = torch.mm(e32, bank.T).view(-1).index_select(0, positions).view(b, n)
-        else:
-            dots = torch.empty(b, n, dtype=bank.dtype, device=bank.device)
-            step = max(1, GATHER_CHUNK_ELEMENTS // (n * bank.shape[1]))
-            for start in range(0, b, step):
-                chunk = slice(start, start + step)
-                rows = bank.index_select(0, idx[chunk].reshape(-1)).view(-1, n, bank.shape[1])
-                torch.bmm(rows, e32[chunk].unsqueeze(2), out=dots[chunk, :, None])
+        with torch.autocast(bank.device.type, enabled=False):
+            if positions is not None:
+                dots = torch.mm(e32, bank.T).view(-1).index_select(0, positions).view(b, n)
+            else:
+                dots = torch.empty(b, n, dtype=bank.dtype, device=bank.device)
+                step = max(1, GATHER_CHUNK_ELEMENTS // (n * bank.shape[1]))
+                for start in range(0, b, step):
+                    chunk = slice(start, start + step)
+                    rows = bank.index_select(0, idx[chunk].reshape(-1)).view(-1, n, bank.shape[1])
+                    torch.bmm(rows, e32[chunk].unsqueeze(2), out=dots[chunk, :, None])
         ctx.save_for_backward(idx, positions)
         ctx.update, ctx.e_dtype = update, e.dtype
         return dots
@@ -138,8 +142,8 @@ class _SampledDots(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         idx, positions = ctx.saved_tensors
-        grad = grad.contiguous()
-        with ctx.update.as_before() as bank:
+        grad = grad.to(ctx.update.bank.dtype).contiguous()
+        with ctx.update.as_before() as bank, torch.autocast(bank.device.type, enabled=False):
             if positions is not None:
                 weights = grad.new_zeros(idx.shape[0] * bank.shape[0])
                 weights.index_add_(0, positions, grad.view(-1))
