@@ -15,9 +15,13 @@ labels to time, vanilla is always added; default all), ``LETKD_BENCH_CHANNELS_LA
 images in channels-last memory format, as ``train.channels_last: true`` does), ``LETKD_BENCH_PROFILE``
 (comma-separated labels, e.g. ``letkd2``: print a torch.profiler table of one step of each),
 ``LETKD_BENCH_SYSTEM_MALLOC=1`` (leave glibc malloc as it is instead of what the trainer does by default,
-``train.reuse_host_memory``). The teacher is channels-last as by default (``teacher.channels_last``).
-Targets: KD ≤ 1.7×, letKD-1 ≤ 3.5×, letKD-2 ≤ 4× vanilla.
-Run: ``python -m benchmarks.run_all methods_step``.
+``train.reuse_host_memory``), ``LETKD_BENCH_THREADS`` (intra-op threads; default torch's),
+``LETKD_BENCH_PREVIOUS=0`` (leave out the ``<label>_prev`` rows: letkd, quest, crd and crd_kd as they were
+implemented before the fused template loss and CRD's dense scoring, ``benchmarks/_previous.py``, timed in
+the same rounds). The teacher is built as ``letkd run`` builds it by default (BatchNorm folded,
+channels-last weights). Targets (:data:`TARGETS`): KD ≤ 1.5×, QuEST ≤ 2.2×, letKD-1 ≤ 2.6×, letKD-2 ≤ 2.9×,
+CRD ≤ 2×, CRD+KD ≤ 2.1× vanilla. The header and the footer print the load average.
+Run: ``LETKD_BENCH_METHODS=kd,quest,letkd1,letkd2,crd,crd_kd python -m benchmarks.run_all methods_step``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import nn
 
 from benchmarks._common import (
     Timing,
+    apply_thread_setting,
     env_int,
     env_list,
     format_table,
@@ -200,6 +205,7 @@ def load_average() -> str:
 
 def main() -> None:
     """Time every method's training step and print ms/step and the ratio to vanilla."""
+    apply_thread_setting()
     steps = env_int("LETKD_BENCH_STEPS", 10)
     channels_last = bool(env_int("LETKD_BENCH_CHANNELS_LAST", 0))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -47,7 +47,13 @@ import torch
 import torch.nn.functional as F
 
 import letkd
-from benchmarks._common import env_int, format_table, interleaved_median, trainer_memory_setting
+from benchmarks._common import (
+    apply_thread_setting,
+    env_int,
+    format_table,
+    interleaved_median,
+    trainer_memory_setting,
+)
 from benchmarks.bench_methods_step import (
     BATCH,
     INPUT_SIZE,
@@ -316,6 +322,7 @@ def torchdistill_kd_step(images, labels) -> tuple[Step, str]:
 
 def main() -> None:
     """Build every available implementation's steps, time them interleaved, print the table and sources."""
+    apply_thread_setting()
     steps = env_int("LETKD_BENCH_STEPS", 10)
     memory = trainer_memory_setting()
     generator = torch.Generator().manual_seed(0)

@@ -16,7 +16,13 @@ import copy
 
 import torch
 
-from benchmarks._common import env_int, format_table, interleaved_median, trainer_memory_setting
+from benchmarks._common import (
+    apply_thread_setting,
+    env_int,
+    format_table,
+    interleaved_median,
+    trainer_memory_setting,
+)
 from benchmarks.bench_methods_step import (
     BATCH,
     INPUT_SIZE,
@@ -41,6 +47,7 @@ VARIANTS = {
 
 def main() -> None:
     """Time the teacher variants and the student step interleaved; print ms and ratios."""
+    apply_thread_setting()
     steps = env_int("LETKD_BENCH_STEPS", 10)
     memory = trainer_memory_setting()
     generator = torch.Generator().manual_seed(0)
