@@ -26,6 +26,15 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return items or list(default)
 
 
+def apply_thread_setting() -> None:
+    """``LETKD_BENCH_THREADS=n``: run with ``n`` intra-op threads instead of torch's default."""
+    threads = env_int("LETKD_BENCH_THREADS", 0)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def trainer_memory_setting() -> str:
     """Apply the trainer's default host-memory setting (``train.reuse_host_memory``) unless
     ``LETKD_BENCH_SYSTEM_MALLOC=1``; return a short description for the benchmark's header."""

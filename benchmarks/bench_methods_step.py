@@ -15,21 +15,35 @@ labels to time, vanilla is always added; default all), ``LETKD_BENCH_CHANNELS_LA
 images in channels-last memory format, as ``train.channels_last: true`` does), ``LETKD_BENCH_PROFILE``
 (comma-separated labels, e.g. ``letkd2``: print a torch.profiler table of one step of each),
 ``LETKD_BENCH_SYSTEM_MALLOC=1`` (leave glibc malloc as it is instead of what the trainer does by default,
-``train.reuse_host_memory``). The teacher is channels-last as by default (``teacher.channels_last``).
-Targets: KD ≤ 1.7×, letKD-1 ≤ 3.5×, letKD-2 ≤ 4× vanilla.
-Run: ``python -m benchmarks.run_all methods_step``.
+``train.reuse_host_memory``), ``LETKD_BENCH_THREADS`` (intra-op threads; default torch's),
+``LETKD_BENCH_PREVIOUS=0`` (leave out the ``<label>_prev`` rows: letkd, quest, crd and crd_kd as they were
+implemented before the fused template loss and CRD's dense scoring, ``benchmarks/_previous.py``, timed in
+the same rounds). The teacher is built as ``letkd run`` builds it by default (BatchNorm folded,
+channels-last weights). Targets (:data:`TARGETS`): KD ≤ 1.5×, QuEST ≤ 2.2×, letKD-1 ≤ 2.6×, letKD-2 ≤ 2.9×,
+CRD ≤ 2×, CRD+KD ≤ 2.1× vanilla. The header and the footer print the load average.
+Run: ``LETKD_BENCH_METHODS=kd,quest,letkd1,letkd2,crd,crd_kd python -m benchmarks.run_all methods_step``.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from benchmarks._common import env_int, env_list, format_table, interleaved_median, trainer_memory_setting
+from benchmarks._common import (
+    Timing,
+    apply_thread_setting,
+    env_int,
+    env_list,
+    format_table,
+    interleaved_median,
+    trainer_memory_setting,
+)
+from benchmarks._previous import HAS_PREVIOUS, use_previous_implementation
 from letkd.config import TrainConfig
 from letkd.engine import build_optimizer
 from letkd.methods import Distiller, MethodContext, get_method
@@ -40,15 +54,12 @@ from letkd.supervision.subclass import SubclassCodebook
 BATCH, NUM_CLASSES, INPUT_SIZE = 64, 100, (3, 32, 32)
 TEACHER, STUDENT = "resnet56", "resnet20"
 K_PEN, SUBCLASSES_PER_CLASS, LDA_DIMS, TEACHER_DIM = 4096, 8, 60, 64
-TARGETS = {"kd": 1.7, "kd_tc": 1.7, "letkd1": 3.5, "letkd1_tc": 3.5, "letkd2": 4.0, "letkd2_tc": 4.0}
+#: step-time targets relative to vanilla (a ``_tc`` label shares its method's)
+TARGETS = {"kd": 1.5, "quest": 2.2, "letkd1": 2.6, "letkd2": 2.9, "crd": 2.0, "crd_kd": 2.1}
 #: labels run with ``teacher.compile`` (torch.compile of the frozen teacher; compiled in the warm-up steps)
 COMPILED_TEACHER = ("kd_tc", "letkd1_tc", "letkd2_tc")
-#: the reference implementations' cost relative to vanilla, for scale (letKD authors' code, torchdistill)
-REFERENCE = {
-    "kd": "1.92× (authors), 1.80× (torchdistill)",
-    "letkd1": "10.3× (authors)",
-    "letkd2": "11.9× (authors)",
-}
+#: suffix of the rows timing a method's previous implementation (``benchmarks/_previous.py``)
+PREVIOUS = "_prev"
 
 _CODEBOOK_LAYER = {"kind": "codebook", "student_tap": "penultimate", "teacher_tap": "penultimate"}
 _SUBCLASS_LAYER = {
@@ -177,8 +188,24 @@ def profile_step(label: str, step: Callable[[], None], rows: int = 15) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def timed_labels(wanted: list[str], specs: dict, previous: bool) -> list[str]:
+    """``wanted`` with, after each label whose method keeps a previous implementation, ``<label>_prev``."""
+    labels = []
+    for label in wanted:
+        labels.append(label)
+        if previous and specs[label][0] in HAS_PREVIOUS and label not in COMPILED_TEACHER:
+            labels.append(label + PREVIOUS)
+    return labels
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, as ``uptime`` prints them."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     """Time every method's training step and print ms/step and the ratio to vanilla."""
+    apply_thread_setting()
     steps = env_int("LETKD_BENCH_STEPS", 10)
     channels_last = bool(env_int("LETKD_BENCH_CHANNELS_LAST", 0))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -187,16 +214,16 @@ def main() -> None:
     labels = torch.randint(0, NUM_CLASSES, (BATCH,), generator=generator)
     teacher = create_model(TEACHER, NUM_CLASSES).eval().requires_grad_(False)
     specs = method_specs(generator)
-    wanted = ["vanilla", *env_list("LETKD_BENCH_METHODS", list(specs))]
+    wanted = list(dict.fromkeys(["vanilla", *env_list("LETKD_BENCH_METHODS", list(specs))]))
     unknown = [label for label in wanted if label not in specs]
     if unknown:
         raise ValueError(f"unknown method label(s) {unknown}; known: {', '.join(specs)}")
     memory = trainer_memory_setting()
-    distillers = {
-        label: build_distiller(method, params, sup, teacher, label in COMPILED_TEACHER)
-        for label, (method, params, sup) in specs.items()
-        if label in wanted
-    }
+    distillers = {}
+    for label in timed_labels(wanted, specs, bool(env_int("LETKD_BENCH_PREVIOUS", 1))):
+        method, params, sup = specs[label.removesuffix(PREVIOUS)]
+        distiller = build_distiller(method, params, sup, teacher, label in COMPILED_TEACHER)
+        distillers[label] = use_previous_implementation(distiller) if label.endswith(PREVIOUS) else distiller
     if channels_last:  # what train.channels_last does; otherwise the teacher alone is channels-last
         distillers = {label: d.to(memory_format=torch.channels_last) for label, d in distillers.items()}
     calls = {label: make_step(d, images, labels) for label, d in distillers.items()}
@@ -204,31 +231,31 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {BATCH} × 3×32×32, "
         f"{TEACHER} → {STUDENT}, {NUM_CLASSES} classes, median of {steps} interleaved steps"
         + (", channels-last" if channels_last else "")
-        + f", {memory}"
+        + f", {memory}; {load_average()} before"
     )
     timings = interleaved_median(calls, repeats=steps)
-    base = timings["vanilla"]
-    rows = []
-    for label, t in timings.items():
-        target = TARGETS.get(label)
-        ratio = t.wall / base.wall
-        verdict = "" if target is None else f"≤ {target:g}× " + ("ok" if ratio <= target else "MISSED")
-        rows.append(
-            [
-                label,
-                f"{t.wall * 1e3:.1f}",
-                f"{ratio:.2f}×",
-                f"{t.cpu / base.cpu:.2f}×",
-                verdict,
-                REFERENCE.get(label, ""),
-            ]
-        )
-    print(format_table(["method", "ms/step", "ratio", "CPU-time ratio", "target", "reference code"], rows))
+    print(f"{load_average()} after")
+    print(format_table(TABLE_HEADERS, step_rows(timings)))
     for label in env_list("LETKD_BENCH_PROFILE", []):
         if label not in calls:
             timed = ", ".join(calls)
             raise ValueError(f"LETKD_BENCH_PROFILE: method {label!r} was not timed; timed: {timed}")
         profile_step(label, calls[label])
+
+
+TABLE_HEADERS = ["method", "ms/step", "ratio", "CPU-time ratio", "target"]
+
+
+def step_rows(timings: dict[str, Timing]) -> list[list[str]]:
+    """Table rows: ms/step, wall and CPU-time ratios to vanilla, the target and whether it is met."""
+    base = timings["vanilla"]
+    rows = []
+    for label, t in timings.items():
+        target = None if label.endswith(PREVIOUS) else TARGETS.get(label.removesuffix("_tc"))
+        ratio = t.wall / base.wall
+        verdict = "" if target is None else f"≤ {target:g}× " + ("ok" if ratio <= target else "MISSED")
+        rows.append([label, f"{t.wall * 1e3:.1f}", f"{ratio:.2f}×", f"{t.cpu / base.cpu:.2f}×", verdict])
+    return rows
 
 
 if __name__ == "__main__":

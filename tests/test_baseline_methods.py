@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from letkd.methods import crd
 from letkd.methods.ab import ab_connector, ab_pair_loss, ab_pair_weights
 from letkd.methods.crd import ContrastMemory, Embed
 from letkd.methods.fitnet import HintRegressor
@@ -87,7 +88,15 @@ def _crd_step(embeds, memory, ref, prefix, n_data):
     return fs, e_s, e_t, out_s, out_t, loss_s, loss_t
 
 
-def test_crd_two_calls_with_memory_update(ref):
+@pytest.fixture(params=["dense", "gathered"])
+def crd_scoring(request, monkeypatch):
+    """Both ways of scoring the sampled rows: one dense product and a pick, or gathered rows."""
+    if request.param == "gathered":
+        monkeypatch.setattr(crd, "DENSE_ROWS_PER_COLUMN", 0)
+    return request.param
+
+
+def test_crd_two_calls_with_memory_update(ref, crd_scoring):
     n_data, feat_dim = int(ref["crd/n_data"]), int(ref["crd/feat_dim"])
     assert ref["crd/contrast_idx"].shape[1] == int(ref["crd/nce_k"]) + 1
     embeds = nn.Module()

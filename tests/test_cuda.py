@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(not FORCED and not torch.cuda.is_available(), re
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (exact-resume test)
 
 NC, SIZE, K, SPC, LDA = 10, (3, 32, 32), 16, 2, 6  # digits-sized images, small supervision
+NUM_TRAIN = 40  # training-set size for CRD's memory banks
 FIXTURE_TOL = {"atol": 1e-4, "rtol": 1e-4}  # float32 on the device, TF32 off: the CPU tests' tolerance
 CODEBOOK = {
     "kind": "codebook",
@@ -75,6 +76,8 @@ def method_cases() -> list[tuple[str, str, dict]]:
         "letkd": [("letkd1", {"layers": [CODEBOOK]}), ("letkd2", {"layers": [SUBCLASS, CODEBOOK]})],
         "dkd": [("dkd", {"warmup": 1})],
         "compose": [("at+kd", {"parts": [{"method": "at"}, {"method": "kd", "params": {"ce_weight": 0.0}}]})],
+        "crd": [("crd", {"nce_k": 100})],  # more negatives than rows: repeated samples
+        "crd_kd": [("crd_kd", {"nce_k": 100})],
     }
     return [
         (label, name, params) for name in list_methods() for label, params in special.get(name, [(name, {})])
@@ -89,7 +92,9 @@ def build(name: str, params: dict, compile_teacher: bool = False, seed: int = 0)
     supervision = (
         [_subclass() if layer["kind"] == "subclass" else _codebook() for layer in layers] if layers else None
     )
-    context = MethodContext(NC, SIZE, supervision=supervision, compile_teacher=compile_teacher)
+    context = MethodContext(
+        NC, SIZE, supervision=supervision, compile_teacher=compile_teacher, num_train_samples=NUM_TRAIN
+    )
     cls = get_method(name)
     distiller = cls.from_config(student, teacher if cls.requires_teacher else None, params, context)
     return distiller.to(DEVICE).train()
@@ -108,8 +113,15 @@ def make_step(distiller: Distiller, amp: str = "off"):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        extra = {}
+        if distiller.needs_sample_indices:  # CRD: the sample indices and negatives a contrast dataset gives
+            g = torch.Generator().manual_seed(len(labels))
+            index = torch.randperm(NUM_TRAIN, generator=g)[: len(labels)]
+            negatives = torch.randint(0, NUM_TRAIN, (len(labels), distiller.num_negatives), generator=g)
+            contrast = torch.cat([index[:, None], negatives], 1)
+            extra = {"index": index.to(DEVICE), "contrast_index": contrast.to(DEVICE)}
         with torch.autocast(DEVICE.type, dtype=dtype) if dtype else contextlib.nullcontext():
-            _, losses = distiller.forward_train(images, labels)
+            _, losses = distiller.forward_train(images, labels, **extra)
         total = torch.stack([v.float() for v in losses.values()]).sum()
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

@@ -106,7 +106,7 @@ class LetKD(Distiller):
 
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, 3, H, W)``, ``labels (B,)`` -> logits, ``{loss_ce, loss_kd_<student tap>...}``."""
-        targets = self.targets(images, labels)
+        targets = self.targets.lazy(images, labels)
         logits = self.student(images)
         losses = {"loss_ce": self.params.ce_weight * F.cross_entropy(logits, labels)}
         for name, layer, handle, target in zip(self.loss_names, self.params.layers, self.handles, targets):

@@ -62,7 +62,7 @@ class QuEST(Distiller):
 
     def forward_train(self, images: torch.Tensor, labels: torch.Tensor, **batch):
         """``images (B, 3, H, W)``, ``labels (B,)`` -> logits, ``{loss_ce, loss_kd_<student tap>...}``."""
-        targets = self.targets(images, labels)
+        targets = self.targets.lazy(images, labels)
         logits, feats = student_features(self.student, self.student_paths, images)
         losses = {"loss_ce": self.params.ce_weight * F.cross_entropy(logits, labels)}
         for name, layer, path, head, target in zip(

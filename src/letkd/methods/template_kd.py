@@ -26,6 +26,7 @@ from letkd.methods.base import MethodParams
 from letkd.methods.features import check_same_grid, pool2x2, resolve_taps, tap_shapes
 from letkd.supervision.spec import CodebookSpec, Spec, SubclassSpec
 from letkd.teacher import FrozenTeacher
+from letkd.template_loss import CodebookTargets, TableTargets, TemplateTargets
 
 
 class _LayerParams(MethodParams):
@@ -199,6 +200,27 @@ class TeacherTargets(nn.Module):
             # the (B·H·W, K) rows behind the (B, K, H, W) view: next call's buffer
             self._buffers_by_layer[i] = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1])
             out.append(target)
+        return out
+
+    @torch.no_grad()
+    def lazy(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor | TemplateTargets]:
+        """Per layer, the targets of :meth:`forward` in the form :func:`letkd.template_loss.template_kl`
+        computes them from a chunk at a time: :class:`CodebookTargets` (teacher features, centres, τ) and
+        :class:`TableTargets` (sub-class score matrix, one sub-class per location); the map itself from any
+        other supervision module."""
+        feats = self._teacher[0].features(images)
+        out: list[torch.Tensor | TemplateTargets] = []
+        for layer, sup, path in zip(self.layers, self.supervision, self.teacher_paths):
+            f = pool2x2(feats[path]) if layer.teacher_pool else feats[path]
+            kind = getattr(sup, "kind", None)
+            if kind == "codebook":
+                tau = layer.target_options().get("temperature", sup.temperature)
+                out.append(CodebookTargets(f, sup.centers, tau))
+            elif kind == "subclass":
+                with torch.autocast(f.device.type, enabled=False):  # float32 distances under AMP too
+                    out.append(TableTargets(sup.score_matrix, sup.assign(f, labels)))
+            else:
+                out.append(sup.targets(f, labels, **layer.target_options()))
         return out
 
     def _reusable_buffer(self, i: int, rows: int, sup: nn.Module) -> torch.Tensor | None:
