@@ -9,7 +9,8 @@ import torch
 from letkd.cost import deployed_cost, describe_deployed_cost, kd_layer_cost, model_cost
 from letkd.deploy import BakedGraft, bake
 from letkd.graft import graft
-from letkd.layers import InferenceKDLayer, KDLayer, TemplateHead
+from letkd.inference_form import InferenceKDLayer
+from letkd.layers import KDLayer, TemplateHead
 from letkd.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,6 +54,12 @@ def test_inference_form_equals_the_training_layer_in_eval_mode(dtype, atol, chun
     assert got.dtype == dtype and got.shape == x.shape
     torch.testing.assert_close(got, x_hat, atol=atol, rtol=0)
     assert not torch.equal(got, x)  # the residual is there
+    x.requires_grad_(True)  # under autograd (no reused buffer) the same values, and a gradient
+    recorded = fast(x)
+    torch.testing.assert_close(recorded.detach(), got, atol=atol, rtol=0)
+    recorded.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert fast(x.detach()[:0]).shape == (0, *x.shape[1:])  # an empty batch
 
 
 def test_inference_form_reproduces_the_reference_fixture(layer_ref):
@@ -71,6 +78,18 @@ def test_inference_form_reproduces_the_reference_fixture(layer_ref):
             x = t(layer_ref[f"{prefix}/student_features"])
             out = layer.inference_form()(x)
         torch.testing.assert_close(out, t(layer_ref[f"{layer_prefix}/out_eval"]), atol=1e-4, rtol=1e-4)
+
+
+def test_inference_form_under_torch_compile_runs_its_loop_as_one_operator():
+    """torch.compile sees one opaque operator (no graph break), which sizes its chunks for the actual input."""
+    layer = trained_layer(16, 100)
+    fast = layer.inference_form()
+    fast.chunk_bytes, fast.min_chunk = 4096, 1  # several chunks
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        for batch in (2, 5):
+            x = features(batch, 16, 3, torch.float32)
+            torch.testing.assert_close(compiled(x), layer(x)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_chunk_size_keeps_a_chunk_of_the_map_within_its_budget():

@@ -11,7 +11,8 @@ from torch import nn
 
 from letkd.deploy import bake
 from letkd.graft import grafts, ungraft
-from letkd.layers import CosineConv2d, InferenceKDLayer
+from letkd.inference_form import InferenceKDLayer
+from letkd.layers import CosineConv2d
 from letkd.taps import dummy_input, eval_mode
 
 
@@ -21,7 +22,7 @@ def kd_layer_cost(channels: int, num_templates: int, height: int, width: int) ->
     Parameters: ``K·C`` templates + 1 scale + ``2K`` BatchNorm affine + ``C·K`` value vectors + 1 scale
     (BN running statistics are buffers, not counted). MACs: the two 1×1 convolutions, ``2·C·K`` per position
     (normalisation, BN and the residual add are element-wise and not counted). Its inference form
-    (:class:`~letkd.layers.InferenceKDLayer`) has the same MACs and ``2·C·K + K`` parameters.
+    (:class:`~letkd.inference_form.InferenceKDLayer`) has the same MACs and ``2·C·K + K`` parameters.
     """
     c, k = channels, num_templates
     return {"parameters": k * c + 1 + 2 * k + c * k + 1, "macs": 2 * c * k * height * width}

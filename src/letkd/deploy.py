@@ -171,12 +171,12 @@ def bake(model: nn.Module, form: str = "fast") -> nn.Module:
     Grafts that do not change the output (template heads, KD layers with ``alpha == 0``) are dropped.
     ``form="fast"`` (the default) replaces each remaining grafted module by its inference form, when it has
     one (``module.inference_form()``: a :class:`~letkd.layers.KDLayer` becomes an
-    :class:`~letkd.layers.InferenceKDLayer`, its eval-mode BatchNorm folded in and its score map computed
-    in cache-sized chunks); the baked model then computes the eval-mode function of ``model`` up to float
-    rounding (≈1e-6 in float32). ``form="reference"`` keeps the grafted modules as they are: in eval mode
-    that copy computes exactly what ``model`` computes. Either way ``torch.export`` / ONNX see a plain module
-    tree, and ``model`` itself is not modified. State_dict keys of baked targets become ``<target>.base.*``
-    and ``<target>.graft.*``.
+    :class:`~letkd.inference_form.InferenceKDLayer`, its eval-mode BatchNorm folded in and its score map
+    computed in cache-sized chunks); the baked model then computes the eval-mode function of ``model`` up to
+    float rounding (≈1e-6 in float32). ``form="reference"`` keeps the grafted modules as they are: in eval
+    mode that copy computes exactly what ``model`` computes. Either way ``torch.export`` / ONNX see a plain
+    module tree, and ``model`` itself is not modified. State_dict keys of baked targets become
+    ``<target>.base.*`` and ``<target>.graft.*``.
     """
     if form not in BAKE_FORMS:
         raise ValueError(f"bake form {form!r}: expected one of {', '.join(BAKE_FORMS)}")
