@@ -81,7 +81,7 @@ def test_inference_form_reproduces_the_reference_fixture(layer_ref):
 
 
 def test_inference_form_under_torch_compile_runs_its_loop_as_one_operator():
-    """torch.compile sees one opaque operator (no graph break), which sizes its chunks for the actual input."""
+    """torch.compile sees one opaque operator (no graph break) that sizes its chunks for the actual input."""
     layer = trained_layer(16, 100)
     fast = layer.inference_form()
     fast.chunk_bytes, fast.min_chunk = 4096, 1  # several chunks
@@ -90,6 +90,14 @@ def test_inference_form_under_torch_compile_runs_its_loop_as_one_operator():
         for batch in (2, 5):
             x = features(batch, 16, 3, torch.float32)
             torch.testing.assert_close(compiled(x), layer(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_inference_form_under_cpu_autocast():
+    layer = trained_layer(16, 100)
+    fast = layer.inference_form()
+    x = features(2, 16, 3, torch.float32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fast(x).float(), layer(x)[0].float(), atol=0.1, rtol=0.05)
 
 
 def test_chunk_size_keeps_a_chunk_of_the_map_within_its_budget():

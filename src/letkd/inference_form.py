@@ -137,12 +137,12 @@ def chunked_kd_residual(
 
     In eager inference one ``(N, chunk)`` buffer holds the chunk of ``z`` being used (a fresh buffer per
     chunk costs a page-faulting allocation each time); its sum of squares and its product with the values
-    are accumulated before the next chunk overwrites it. Under autograd or a tracer (``torch.export``)
-    each chunk gets its own tensor instead, since neither takes ``out=`` arguments.
+    are accumulated before the next chunk overwrites it. Under autograd, autocast or a tracer
+    (``torch.export``) each chunk gets its own tensor instead, since none of them takes ``out=`` arguments.
     """
     n = rows.shape[0]
     recording = torch.is_grad_enabled() and any(t.requires_grad for t in (rows, templates, shift, values))
-    reuse = not recording and not torch.compiler.is_compiling()
+    reuse = not (recording or torch.compiler.is_compiling() or torch.is_autocast_enabled(rows.device.type))
     buffer = rows.new_empty(n * min(chunk, templates.shape[0])) if reuse else None
     out = square_sum = None
     for part, part_shift, part_values in zip(templates.split(chunk), shift.split(chunk), values.split(chunk)):
