@@ -18,11 +18,12 @@ from letkd.models import create_model
 
 @pytest.fixture(scope="module")
 def grafted_checkpoint(tmp_path_factory):
-    """A training-engine style checkpoint of a grafted resnet8 with trained-looking KD layers."""
+    """A training-engine style checkpoint of a letKD-2 resnet8 (intermediate and penultimate KD layers) with
+    trained-looking BatchNorm statistics."""
     torch.manual_seed(1)
     model = create_model("resnet8", num_classes=7)
     graft(model, "layer3.0", KDLayer(64, 6))
-    graft(model, "layer3", KDLayer(64, 10, alpha=0.5))
+    graft(model, "layer3", KDLayer(64, 300, alpha=0.5))  # exported in chunks of 128 templates
     model.train()
     with torch.no_grad():
         model(torch.randn(8, 3, 32, 32))  # non-trivial BN statistics
@@ -41,18 +42,28 @@ def test_export_pt2_and_onnx_match_the_grafted_model(grafted_checkpoint, tmp_pat
         assert main(["export", str(path), "--out", str(out), "--onnx"]) == 0
     finally:
         os.umask(mask)
-    assert "graft layer3.0" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "graft layer3.0" in printed
+    # 64·(6 + 300) templates, as many value weights, 6 + 300 shifts; 2·64·306 MACs at each of 8×8 positions
+    assert "KD layers add 39,474 parameters" in printed and "2.5 M MACs" in printed
     for written in (out, out.with_suffix(".onnx")):  # both follow the umask, like every other artefact
         assert written.stat().st_mode & 0o777 == 0o640, oct(written.stat().st_mode)
     program = torch.export.load(out)
+    # the KD layers are in their inference form: BatchNorm folded into one matrix product per chunk (1 + 3)
+    assert sum(str(node.target) == "aten.addmm.default" for node in program.graph.nodes) == 4
     x = torch.randn(5, 3, 32, 32)  # another batch size than the export example: the batch is dynamic
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
+        expected = model(x)
+        torch.testing.assert_close(program.module()(x), expected, atol=1e-5, rtol=1e-5)
     onnx = pytest.importorskip("onnx")
     proto = onnx.load(str(out.with_suffix(".onnx")))
     onnx.checker.check_model(proto)
     assert [i.name for i in proto.graph.input] == ["images"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    from onnx.reference import ReferenceEvaluator
+
+    (logits,) = ReferenceEvaluator(proto).run(None, {"images": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_export_of_bare_state_dict_needs_the_model_name(tmp_path, capsys):

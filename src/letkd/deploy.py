@@ -7,8 +7,8 @@ graft hooks into plain modules and write ``torch.export`` / ONNX files.
 - :func:`load_student`: the one way to rebuild a checkpoint's student (model name, classes, constructor
   kwargs and grafts from its metadata) and load its weights strictly — used by ``letkd eval`` and
   ``letkd export``.
-- :func:`bake`: a hook-free copy (:class:`BakedGraft` modules) that ``torch.export`` and ONNX trace;
-  :func:`export_program`, :func:`write_pt2`, :func:`write_onnx`.
+- :func:`bake`: a hook-free copy (:class:`BakedGraft` modules, KD layers in their fast inference form) that
+  ``torch.export`` and ONNX trace; :func:`export_program`, :func:`write_pt2`, :func:`write_onnx`.
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ def load_student(
 
 
 class BakedGraft(nn.Module):
-    """A hook-free graft for deployment: ``forward(x) = graft(base(x))[0]`` (``x_hat`` of the KD layer)."""
+    """A hook-free graft for deployment: ``forward(x) = graft(base(x))``, or its first item when the graft
+    returns ``(x_hat, scores)`` (the reference form keeps the training :class:`~letkd.layers.KDLayer`)."""
 
     def __init__(self, base: nn.Module, graft: nn.Module) -> None:
         super().__init__()
@@ -167,31 +168,49 @@ class BakedGraft(nn.Module):
         self.graft = graft
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The base module's output ``(B, C, H, W)`` transformed by the graft."""
+        """The base module's output transformed by the graft."""
         out = self.graft(self.base(*args, **kwargs))
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def bake(model: nn.Module) -> nn.Module:
+#: the forms :func:`bake` can give a grafted module
+BAKE_FORMS = ("fast", "reference")
+
+
+def bake(model: nn.Module, form: str = "fast") -> nn.Module:
     """A deep copy of ``model`` without hooks: each grafted target becomes ``BakedGraft(target, module)``.
 
-    Grafts that do not change the output (template heads, KD layers with ``alpha == 0``) are dropped. In eval
-    mode the result computes exactly what ``model`` computes, and ``torch.export`` / ONNX see a plain module
-    tree. ``model`` itself is not modified. State_dict keys of baked targets become ``<target>.base.*`` and
-    ``<target>.graft.*``.
+    Grafts that do not change the output (template heads, KD layers with ``alpha == 0``) are dropped.
+    ``form="fast"`` (the default) replaces each remaining grafted module by its inference form, when it has
+    one (``module.inference_form()``: a :class:`~letkd.layers.KDLayer` becomes an
+    :class:`~letkd.inference_form.InferenceKDLayer`, its eval-mode BatchNorm folded in and its score map
+    computed in cache-sized chunks); the baked model then computes the eval-mode function of ``model`` up to
+    float rounding (≈1e-6 in float32). ``form="reference"`` keeps the grafted modules as they are: in eval
+    mode that copy computes exactly what ``model`` computes. Either way ``torch.export`` / ONNX see a plain
+    module tree, and ``model`` itself is not modified. State_dict keys of baked targets become
+    ``<target>.base.*`` and ``<target>.graft.*``.
     """
+    if form not in BAKE_FORMS:
+        raise ValueError(f"bake form {form!r}: expected one of {', '.join(BAKE_FORMS)}")
     baked = copy.deepcopy(model)
     targets = sorted(grafts(baked), key=lambda p: p.count(".") + 1, reverse=True)
     for path in targets:
         module = ungraft(baked, path)
-        if getattr(module, "modifies_output", True):
-            _set_submodule(baked, path, BakedGraft(baked.get_submodule(path), module))
+        if not getattr(module, "modifies_output", True):
+            continue
+        to_inference = getattr(module, "inference_form", None) if form == "fast" else None
+        if to_inference is not None:
+            module = to_inference().train(module.training)
+        _set_submodule(baked, path, BakedGraft(baked.get_submodule(path), module))
     return baked
 
 
-def export_program(model: nn.Module, input_size: Sequence[int]) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``bake(model)`` in eval mode for inputs ``(B, *input_size)``, ``B`` dynamic."""
-    baked = bake(model).eval()
+def export_program(
+    model: nn.Module, input_size: Sequence[int], form: str = "fast"
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``bake(model, form)`` in eval mode for inputs ``(B, *input_size)``, ``B``
+    dynamic."""
+    baked = bake(model, form).eval()
     example = (torch.randn(2, *input_size),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     return torch.export.export(baked, example, dynamic_shapes=({0: batch},))

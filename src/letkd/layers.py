@@ -1,4 +1,5 @@
-"""The letKD building blocks: cosine 1×1 convolution, the KD layer and a templates-only head."""
+"""The letKD building blocks: cosine 1×1 convolution, the KD layer and a templates-only head (the KD layer's
+inference form is :mod:`letkd.inference_form`)."""
 
 from __future__ import annotations
 
@@ -213,6 +214,13 @@ class KDLayer(nn.Module):
             "template_scale": self.template_scale,
             "value_scale": self.value_scale,
         }
+
+    def inference_form(self) -> nn.Module:
+        """The layer's eval-mode function as an :class:`~letkd.inference_form.InferenceKDLayer` (what
+        :func:`letkd.deploy.bake` ships)."""
+        from letkd.inference_form import InferenceKDLayer  # it builds on this module
+
+        return InferenceKDLayer.from_layer(self)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_templates={self.num_templates}, alpha={self.alpha:g}"

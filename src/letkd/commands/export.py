@@ -73,6 +73,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from letkd.commands import options
     from letkd.config import ConfigError
+    from letkd.cost import deployed_cost, describe_deployed_cost
     from letkd.deploy import export_program, load_student, write_onnx, write_pt2
     from letkd.graft import describe_grafts
 
@@ -103,6 +104,7 @@ def run_export(args: argparse.Namespace) -> int:
     for entry in describe_grafts(model):
         settings = f"{entry['type']}({entry['settings']})"
         print(f"graft {entry['target']}: {settings}, {entry['parameters']:,} params")
+    print(describe_deployed_cost(deployed_cost(model, input_size)))
 
     program = export_program(model, input_size)
     example = torch.randn(3, *input_size)
