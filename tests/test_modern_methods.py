@@ -13,10 +13,14 @@ import pytest
 import torch
 from torch import nn
 
+from letkd.config import ConfigError
+from letkd.methods import MethodContext, get_method
 from letkd.methods.kd import standardized_pair
-from letkd.methods.losses import dist_loss, kd_loss
+from letkd.methods.losses import dist_loss, dkd_loss, kd_loss
 from letkd.methods.ofd import ofd_connector, ofd_margins, partial_l2
 from letkd.methods.reviewkd import ReviewFusion, hcl_loss
+from letkd.models import create_model
+from letkd.models.tap_names import preact_batchnorms, preact_stages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,3 +164,99 @@ def test_ofd_margin_edge_cases():
     expected_zero_mean = -2 / np.sqrt(2 * np.pi)  # E[x | x < 0] · P(x < 0) / P(x < 0) for N(0, 1)
     torch.testing.assert_close(margins[:2], torch.full((2,), expected_zero_mean, dtype=torch.float32))
     torch.testing.assert_close(margins[2:], torch.tensor([0.0, -2.0, -0.3]))  # γ = 0: min(β, 0); rare: −3|γ|
+
+
+# ------------------------------------------------------------------------------------------ the methods
+
+
+def _distiller(name: str, params: dict, teacher: str = "resnet8", fold: bool = False, size: int = 8):
+    torch.manual_seed(0)
+    context = MethodContext(5, (3, size, size), fold_teacher_batchnorm=fold, teacher_channels_last=False)
+    return get_method(name).from_config(create_model("resnet8", 5), create_model(teacher, 5), params, context)
+
+
+def _batch(size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(6, 3, size, size, generator=g), torch.arange(6) % 5
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd"])
+def test_logit_stand_standardizes_both_logits_for_the_kd_term_only(name):
+    images, labels = _batch()
+    plain, stand = _distiller(name, {}), _distiller(name, {"logit_stand": True})
+    stand.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        logits, losses = stand.train().forward_train(images, labels)
+        _, plain_losses = plain.train().forward_train(images, labels)
+        s, t = standardized_pair(logits, stand.teacher.logits(images), logit_stand=True)
+    p = stand.params
+    expected = kd_loss(s, t, p.temperature) * p.kd_weight if name == "kd" else (
+        stand.warmup_factor() * dkd_loss(s, t, labels, p.alpha, p.beta, p.temperature))  # fmt: skip
+    torch.testing.assert_close(losses["loss_kd"], expected)
+    torch.testing.assert_close(losses["loss_ce"], plain_losses["loss_ce"])  # CE sees the raw logits
+    assert not torch.isclose(losses["loss_kd"], plain_losses["loss_kd"])
+    torch.testing.assert_close(s.std(dim=1), torch.ones(len(s)), rtol=1e-4, atol=1e-4)
+
+
+def test_dist_method_is_the_dist_loss():
+    d = _distiller("dist", {"beta": 1.5, "gamma": 0.5, "temperature": 3.0})
+    images, labels = _batch()
+    with torch.no_grad():
+        logits, losses = d.train().forward_train(images, labels)
+        expected = dist_loss(logits, d.teacher.logits(images), 1.5, 0.5, 3.0)
+    torch.testing.assert_close(losses["loss_kd"], expected)
+
+
+def test_reviewkd_levels_warm_up_and_student_preact():
+    d = _distiller("reviewkd", {"warmup": 4})
+    assert d.student_paths == ["layer1", "layer2", "layer3", "layer3"]  # stages, then the pooled level
+    assert d.teacher_paths == [*preact_stages(d.teacher.module), "layer3"]
+    images, labels = _batch()
+    with torch.no_grad():
+        weights = []
+        for epoch in (0, 1, 3, 9):
+            d.set_epoch(epoch)
+            weights.append(d.train().forward_train(images, labels)[1]["loss_kd"])
+    torch.testing.assert_close(torch.stack(weights) / weights[-1], torch.tensor([0.25, 0.5, 1.0, 1.0]))
+    pre = _distiller("reviewkd", {"student_preact": True})
+    assert pre.student_paths == [*preact_stages(pre.student), "layer3"]
+
+
+def test_levels_pair_from_the_deepest_when_stage_counts_differ():
+    d = _distiller("ofd", {}, teacher="ResNet18", size=16)  # 4 teacher stages, 3 student stages
+    assert d.teacher_paths == preact_stages(d.teacher.module)[1:]
+    assert d.pair_weights == [0.25, 0.5, 1.0]
+    r = _distiller("reviewkd", {}, teacher="ResNet18", size=16)
+    assert r.teacher_paths[:-1] == preact_stages(r.teacher.module)[1:]
+
+
+def test_ofd_margins_come_from_the_teacher_batchnorms_before_folding():
+    torch.manual_seed(3)
+    teacher = create_model("resnet8", 5)
+    for m in teacher.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(-2, 2), m.bias.data.normal_()
+    expected = [ofd_margins(teacher.get_submodule(p).weight, teacher.get_submodule(p).bias)
+                for p in preact_batchnorms(teacher)]  # fmt: skip
+    context = MethodContext(5, (3, 8, 8), fold_teacher_batchnorm=True, teacher_channels_last=False)
+    d = get_method("ofd").from_config(create_model("resnet8", 5), teacher, {}, context)
+    assert set(preact_batchnorms(teacher)) <= set(d.teacher.folded)  # folded away after the margins
+    for margin, exp in zip(d.margins, expected):
+        torch.testing.assert_close(margin, exp)
+    images, labels = _batch()
+    _, losses = d.train().forward_train(images, labels)
+    losses["loss_kd"].backward()
+    assert all(c[0].weight.grad is not None for c in d.connectors)
+
+
+def test_ofd_explicit_taps_need_their_batchnorms():
+    taps = {
+        "student_taps": ["layer2.0.preact", "layer3.0.preact"],
+        "teacher_taps": ["stage2_preact", "stage3_preact"],
+    }
+    with pytest.raises(ConfigError, match="name the BatchNorm before each in teacher_batchnorms"):
+        _distiller("ofd", taps)
+    with pytest.raises(ConfigError, match="does not feed the 32 channels"):
+        _distiller("ofd", taps | {"teacher_batchnorms": ["layer3.0.bn2", "layer3.0.bn2"]})
+    d = _distiller("ofd", taps | {"teacher_batchnorms": ["layer2.0.bn2", "layer3.0.bn2"]})
+    assert [m.shape[0] for m in d.margins] == [32, 64]

@@ -92,10 +92,13 @@ class RunRecord:
 
 
 def method_label(method: str, params: dict[str, Any] | None) -> str:
-    """Short label of a method: ``letkd1`` / ``letkd2`` by the number of KD layers, else the method name."""
+    """Short label of a method: ``letkd1`` / ``letkd2`` by the number of KD layers, ``kd_ls`` / ``dkd_ls`` for
+    KD / DKD on standardized logits (``logit_stand``), else the method name."""
     layers = (params or {}).get("layers")
     if method == "letkd" and isinstance(layers, list):
         return f"letkd{len(layers)}"
+    if (params or {}).get("logit_stand") is True:
+        return f"{method}_ls"
     return method
 
 
