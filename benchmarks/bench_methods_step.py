@@ -136,11 +136,11 @@ def build_distiller(
     teacher: nn.Module,
     compile_teacher: bool = False,
 ) -> Distiller:
-    """A fresh resnet20 student wrapped by ``method`` (vanilla gets no teacher)."""
+    """A fresh resnet20 student wrapped by ``method`` (vanilla gets no teacher) with its own copy of the
+    teacher (preparing a teacher folds its BatchNorms and may compile it, in place; OFD reads them)."""
     torch.manual_seed(0)
     student = create_model(STUDENT, NUM_CLASSES)
-    if compile_teacher:  # compiling a feature method's teacher changes its modules: use a copy
-        teacher = copy.deepcopy(teacher)
+    teacher = copy.deepcopy(teacher)
     context = MethodContext(
         NUM_CLASSES,
         INPUT_SIZE,

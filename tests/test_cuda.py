@@ -73,7 +73,9 @@ def method_cases() -> list[tuple[str, str, dict]]:
     special = {
         "quest": [("quest", {"layers": [dict(CODEBOOK, temperature=5.0)]})],
         "letkd": [("letkd1", {"layers": [CODEBOOK]}), ("letkd2", {"layers": [SUBCLASS, CODEBOOK]})],
-        "dkd": [("dkd", {"warmup": 1})],
+        "dkd": [("dkd", {"warmup": 1}), ("dkd_ls", {"warmup": 1, "logit_stand": True})],
+        "kd": [("kd", {}), ("kd_ls", {"logit_stand": True})],
+        "reviewkd": [("reviewkd", {"warmup": 1})],
     }
     return [
         (label, name, params) for name in list_methods() for label, params in special.get(name, [(name, {})])

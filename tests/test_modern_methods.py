@@ -256,7 +256,7 @@ def test_ofd_explicit_taps_need_their_batchnorms():
     }
     with pytest.raises(ConfigError, match="name the BatchNorm before each in teacher_batchnorms"):
         _distiller("ofd", taps)
-    with pytest.raises(ConfigError, match="does not feed the 32 channels"):
+    with pytest.raises(ConfigError, match="is not a BatchNorm2d feeding the 32 channels"):
         _distiller("ofd", taps | {"teacher_batchnorms": ["layer3.0.bn2", "layer3.0.bn2"]})
     d = _distiller("ofd", taps | {"teacher_batchnorms": ["layer2.0.bn2", "layer3.0.bn2"]})
     assert [m.shape[0] for m in d.margins] == [32, 64]

@@ -5,9 +5,10 @@ inter-class relation is ``1 −`` the batch mean of the Pearson correlation betw
 teacher's rows of ``p`` and the intra-class relation the same over the class columns
 (:func:`~letkd.methods.losses.dist_loss`).
 
-Defaults are its CIFAR-100 setting (``dist_cifar.yaml`` of hunto/image_classification_sota's distillation
-strategies: ``kd: dist_t4`` = β 1, γ 1, τ 4, scaled by ``kd_loss_weight: 2``, with ``ori_loss_weight: 1``): ``beta 2``, ``gamma 2``, ``temperature 4``, ``ce_weight 1``. Its ImageNet setting is
-β = γ = 1, τ = 1.
+Defaults are its CIFAR-100 setting (``dist_cifar.yaml`` of hunto/image_classification_sota's
+distillation strategies: ``kd: dist_t4`` = β 1, γ 1, τ 4, scaled by ``kd_loss_weight: 2``, with
+``ori_loss_weight: 1``): ``beta 2``, ``gamma 2``, ``temperature 4``, ``ce_weight 1``. Its ImageNet setting
+(``resnet_dist.yaml``: ``kd: dist``, the same weights) differs only in τ = 1.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ def kd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, temperat
 
 def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
     """Logit standardization (Sun et al., CVPR 2024): each row of ``(B, classes)`` minus its mean, divided
-    by ``1e-7 +`` its unbiased standard deviation (the z-score the LSKD code applies before the softmax)."""
+    by ``1e-7 +`` its unbiased standard deviation (the z-score the LSKD code applies before the softmax).
+    Computed in float32 at least (``1e-7`` is below half precision's resolution)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     mean = logits.mean(dim=1, keepdim=True)
     return (logits - mean) / (1e-7 + logits.std(dim=1, keepdim=True))
 

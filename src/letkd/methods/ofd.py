@@ -57,8 +57,10 @@ def ofd_margins(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 def partial_l2(source: torch.Tensor, target: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
     """OFD's distance between ``(B, C, H, W)`` maps with per-channel ``margin (C,)``: ``(s − m)²`` where the
     teacher is at or below the margin and the student above it, ``(s − t)²`` where the teacher is positive or
-    between the margin and zero with the student above it, else 0; mean over the batch, sum over the rest."""
-    margin = margin.view(1, -1, 1, 1).to(source.dtype)
+    between the margin and zero with the student above it, else 0; mean over the batch, sum over the rest.
+    Computed in float32 at least (squares of half-precision features overflow)."""
+    dtype = torch.promote_types(source.dtype, torch.float32)
+    source, target, margin = source.to(dtype), target.to(dtype), margin.view(1, -1, 1, 1).to(dtype)
     above_margin = (source > margin) & (target <= margin)
     off_target = ((source > target) & (target > margin) & (target <= 0)) | (target > 0)
     loss = (source - margin).pow(2) * above_margin + (source - target).pow(2) * off_target
@@ -93,9 +95,10 @@ class OFD(FeaturePairDistiller):
         for i, (path, shape) in enumerate(zip(norms, self.teacher_shapes)):
             bn = network.get_submodule(path)
             if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != shape[0]:
+                folded = " (already folded into its convolution?)" if isinstance(bn, nn.Identity) else ""
                 raise ConfigError(
-                    f"ofd: teacher BatchNorm {path!r} ({type(bn).__name__}) does not feed the {shape[0]} "
-                    f"channels of teacher tap {self.teacher_paths[i]!r}"
+                    f"ofd: teacher module {path!r} ({type(bn).__name__}{folded}) is not a BatchNorm2d "
+                    f"feeding the {shape[0]} channels of teacher tap {self.teacher_paths[i]!r}"
                 )
             # before the teacher is prepared: folding would fold these BatchNorms away
             self.register_buffer(f"margin{i}", ofd_margins(bn.weight, bn.bias), persistent=False)
