@@ -92,6 +92,8 @@ def random_subclasses(generator: torch.Generator) -> SubclassCodebook:
 
 #: feature/relation baselines timed with their default params
 NEW_BASELINES = ["vid", "ab", "fsp", "nst", "pkt", "rkd", "crd", "crd_kd", "simkd"]
+#: the later baselines (methods/reviewkd.py, ofd.py, dist.py), timed with their default params
+MODERN_BASELINES = ["reviewkd", "ofd", "dist"]
 #: CIFAR-100's training-set size (CRD's memory banks)
 NUM_TRAIN = 50_000
 
@@ -130,6 +132,9 @@ def method_specs(generator: torch.Generator) -> dict[str, tuple[str, dict[str, A
     # the usual zoo with its defaults (RepDistiller / SimKD); ab and fsp are timed in their init stage
     # (epoch 0: the feature loss alone; their main stage is a vanilla step)
     specs.update({name: (name, {}, None) for name in NEW_BASELINES})
+    # ReviewKD, OFD, DIST with their defaults; LSKD = KD on standardized logits (its authors' T 2, weight 9)
+    specs.update({name: (name, {}, None) for name in MODERN_BASELINES})
+    specs["lskd"] = ("kd", {"logit_stand": True, "temperature": 2.0, "kd_weight": 9.0}, None)
     for label in COMPILED_TEACHER:
         specs[label] = specs[label.removesuffix("_tc")]
     return specs
@@ -142,11 +147,11 @@ def build_distiller(
     teacher: nn.Module,
     compile_teacher: bool = False,
 ) -> Distiller:
-    """A fresh resnet20 student wrapped by ``method`` (vanilla gets no teacher)."""
+    """A fresh resnet20 student wrapped by ``method`` (vanilla gets no teacher) with its own copy of the
+    teacher (preparing a teacher folds its BatchNorms and may compile it, in place; OFD reads them)."""
     torch.manual_seed(0)
     student = create_model(STUDENT, NUM_CLASSES)
-    if compile_teacher:  # compiling a feature method's teacher changes its modules: use a copy
-        teacher = copy.deepcopy(teacher)
+    teacher = copy.deepcopy(teacher)
     context = MethodContext(
         NUM_CLASSES,
         INPUT_SIZE,

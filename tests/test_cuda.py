@@ -74,7 +74,9 @@ def method_cases() -> list[tuple[str, str, dict]]:
     special = {
         "quest": [("quest", {"layers": [dict(CODEBOOK, temperature=5.0)]})],
         "letkd": [("letkd1", {"layers": [CODEBOOK]}), ("letkd2", {"layers": [SUBCLASS, CODEBOOK]})],
-        "dkd": [("dkd", {"warmup": 1})],
+        "dkd": [("dkd", {"warmup": 1}), ("dkd_ls", {"warmup": 1, "logit_stand": True})],
+        "kd": [("kd", {}), ("kd_ls", {"logit_stand": True})],
+        "reviewkd": [("reviewkd", {"warmup": 1})],
         "compose": [("at+kd", {"parts": [{"method": "at"}, {"method": "kd", "params": {"ce_weight": 0.0}}]})],
         "crd": [("crd", {"nce_k": 100})],  # more negatives than rows: repeated samples
         "crd_kd": [("crd_kd", {"nce_k": 100})],

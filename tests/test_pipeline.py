@@ -17,7 +17,8 @@ from letkd.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ["vid", "ab", "fsp", "nst", "pkt", "rkd", "crd", "crd_kd", "simkd"]
-METHODS = ["vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2", *ZOO]
+MODERN = ["reviewkd", "ofd", "dist", "lskd"]
+METHODS = ["vanilla", "kd", "fitnet", "at", "sp", "dkd", "quest", "letkd1", "letkd2", *ZOO, *MODERN]
 CHANCE = 10.0  # digits has 10 balanced classes
 
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from letkd.config import ConfigError
-from letkd.models import feature_stages
+from letkd.models import TapInferenceError, feature_stages
+from letkd.models.tap_names import preact_stages
 from letkd.taps import FeatureTaps, TapError, UnknownTapError, probe_shapes, resolve_tap
 from letkd.teacher import FrozenTeacher
 
@@ -53,6 +54,35 @@ def default_stage_taps(model: nn.Module, which: Literal["all", "last"], role: st
     if not stages:
         raise ConfigError(f"{role} {type(model).__name__} has no known feature stages; give taps explicitly")
     return stages if which == "all" else stages[-1:]
+
+
+def default_preact_taps(model: nn.Module, role: str, method: str) -> list[str]:
+    """Module paths of ``model``'s pre-activation stage points (:func:`letkd.models.tap_names.preact_stages`);
+    :class:`ConfigError` naming the method and role where the model declares none."""
+    try:
+        return preact_stages(_network(model))
+    except TapInferenceError as exc:
+        raise ConfigError(f"{method}: {role}: {exc} ({role}_taps)") from None
+
+
+def pair_levels(
+    student_taps: Sequence[str], teacher_taps: Sequence[str], defaults: bool, method: str
+) -> tuple[list[str], list[str]]:
+    """Student and teacher taps paired level by level. With ``defaults`` (a list came from the network's
+    stages) only the deepest levels both have are kept, as mdistiller pairs unequal stage lists; given
+    lists must have the same length. :class:`ConfigError` when nothing pairs."""
+    if defaults:
+        n = min(len(student_taps), len(teacher_taps))
+        student_taps, teacher_taps = (
+            student_taps[len(student_taps) - n :],
+            teacher_taps[len(teacher_taps) - n :],
+        )
+    if len(student_taps) != len(teacher_taps) or not student_taps:
+        raise ConfigError(
+            f"{method}: student_taps {list(student_taps)} and teacher_taps {list(teacher_taps)} must pair up "
+            "one to one"
+        )
+    return list(student_taps), list(teacher_taps)
 
 
 def tap_shapes(

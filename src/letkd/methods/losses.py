@@ -2,7 +2,8 @@
 
 Each function reproduces the value of the implementation everyone compares with (the CRD/RepDistiller
 ``distiller_zoo`` and mdistiller's DKD); ``tests/test_baseline_losses.py`` checks them against
-``fixtures/baseline_losses_reference.npz`` at ``rtol=1e-5``.
+``fixtures/baseline_losses_reference.npz`` at ``rtol=1e-5``, ``tests/test_modern_methods.py`` checks DIST and
+logit standardization against ``fixtures/modern_methods_reference.npz``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,39 @@ def kd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, temperat
     log_p_s = F.log_softmax(logits_student / temperature, dim=1)
     p_t = F.softmax(logits_teacher / temperature, dim=1)
     return F.kl_div(log_p_s, p_t, reduction="sum") * temperature**2 / logits_student.shape[0]
+
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logit standardization (Sun et al., CVPR 2024): each row of ``(B, classes)`` minus its mean, divided
+    by ``1e-7 +`` its unbiased standard deviation (the z-score the LSKD code applies before the softmax).
+    Computed in float32 at least (``1e-7`` is below half precision's resolution)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    mean = logits.mean(dim=1, keepdim=True)
+    return (logits - mean) / (1e-7 + logits.std(dim=1, keepdim=True))
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (``(N, D)`` -> ``(N,)``): cosine
+    of the centred rows, ``eps`` added to the product of their norms."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss(
+    logits_student: torch.Tensor, logits_teacher: torch.Tensor, beta: float, gamma: float, temperature: float
+) -> torch.Tensor:
+    """DIST (Huang et al., NeurIPS 2022) on ``(B, classes)`` logits, as its ``dist_kd.py`` computes it.
+
+    With ``p = softmax(z / T)``: inter-class relation = ``1 −`` mean over the batch of the Pearson
+    correlation of the student's and teacher's rows; intra-class relation = the same over the class columns.
+    Loss ``T² · (beta · inter + gamma · intra)``.
+    """
+    p_s = F.softmax(logits_student / temperature, dim=1)
+    p_t = F.softmax(logits_teacher / temperature, dim=1)
+    inter = 1.0 - _pearson_rows(p_s, p_t).mean()
+    intra = 1.0 - _pearson_rows(p_s.t(), p_t.t()).mean()
+    return temperature**2 * (beta * inter + gamma * intra)
 
 
 def match_grids(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from letkd.models.registry import register_model
+from letkd.models.tap_names import preact_taps
 
 # (in, out, stride) of the 13 depthwise-separable blocks.
 DW_BLOCKS = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2),
@@ -49,6 +50,9 @@ class MobileNetV1ImageNet(nn.Module):
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(1024, num_classes))
 
         self.feature_stages = ["features.3", "features.5", "features.11", "features.13"]
+        # pre-activations: each stage block's pointwise BatchNorm, before its final ReLU
+        self.preact_stages = [f"{p}.4" for p in self.feature_stages]
+        self.preact_batchnorms = list(self.preact_stages)
         self.taps = {
             "stem": "features.0",
             "stage1": "features.3",
@@ -58,6 +62,7 @@ class MobileNetV1ImageNet(nn.Module):
             "intermediate": "features.12",
             "penultimate": "features",
             "classifier": "classifier.2",
+            **preact_taps(self.preact_stages),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from torch import nn
 
 from letkd.models.init import init_fan_out_normal
 from letkd.models.registry import register_model
+from letkd.models.tap_names import preact_taps
 
 # (expansion t, channels c, repeats n, stride s) with t = T except for the first stage.
 SETTINGS = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1),
@@ -85,6 +86,10 @@ class MobileNetV2Cifar(nn.Module):
 
         # RepDistiller's feature list: outputs of blocks 1, 2, 4 and 6.
         self.feature_stages = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+        # pre-activations: the stage outputs themselves (linear bottlenecks, no ReLU follows in the stage);
+        # their BatchNorm: the last block's projection BN (mdistiller's get_bn_before_relu)
+        self.preact_stages = list(self.feature_stages)
+        self.preact_batchnorms = [f"{p}.{len(self.get_submodule(p)) - 1}.conv.7" for p in self.feature_stages]
         self.taps = {
             "stem": "conv1",
             "stage1": "blocks.1",
@@ -94,6 +99,7 @@ class MobileNetV2Cifar(nn.Module):
             "intermediate": "blocks.5.0",
             "penultimate": "conv2",
             "classifier": "classifier.0",
+            **preact_taps(self.preact_stages),
         }
         # RepDistiller's preact features (forward(preact=True) ignores the flag): the stages end in a
         # linear bottleneck, so a stage's pre-activation is its output — the input of the next module

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from letkd.models.registry import register_model
+from letkd.models.tap_names import preact_taps
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -32,6 +33,7 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
+        self.preact = nn.Identity()  # tap point: the sum before the final ReLU
         self.relu_out = nn.ReLU()
         self.stride = stride
 
@@ -39,7 +41,7 @@ class BasicBlock(nn.Module):
         residual = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu_out(out + residual)
+        return self.relu_out(self.preact(out + residual))
 
 
 class ResNetCifar(nn.Module):
@@ -72,6 +74,9 @@ class ResNetCifar(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
         self.feature_stages = ["layer1", "layer2", "layer3"]
+        # pre-activations: the last block's sum before its ReLU; the BatchNorm of its residual branch
+        self.preact_stages = [f"layer{i}.{n - 1}.preact" for i in (1, 2, 3)]
+        self.preact_batchnorms = [f"layer{i}.{n - 1}.bn2" for i in (1, 2, 3)]
         self.taps = {
             "stem": "relu",
             "stage1": "layer1",
@@ -80,6 +85,7 @@ class ResNetCifar(nn.Module):
             "intermediate": "layer3.0",
             "penultimate": "layer3",
             "classifier": "fc",
+            **preact_taps(self.preact_stages),
         }
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from letkd.models.registry import register_model
+from letkd.models.tap_names import preact_taps
 
 
 def make_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -35,12 +36,13 @@ class BasicBlockV2(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = make_shortcut(in_planes, planes, stride)
         self.relu1 = nn.ReLU(inplace=True)
+        self.preact = nn.Identity()  # tap point: the sum before the final ReLU
         self.relu_out = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu_out(out + self.shortcut(x))
+        return self.relu_out(self.preact(out + self.shortcut(x)))
 
 
 class Bottleneck(nn.Module):
@@ -59,13 +61,14 @@ class Bottleneck(nn.Module):
         self.shortcut = make_shortcut(in_planes, self.expansion * planes, stride)
         self.relu1 = nn.ReLU(inplace=True)
         self.relu2 = nn.ReLU(inplace=True)
+        self.preact = nn.Identity()  # tap point: the sum before the final ReLU
         self.relu_out = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu_out(out + self.shortcut(x))
+        return self.relu_out(self.preact(out + self.shortcut(x)))
 
 
 class ResNetV2(nn.Module):
@@ -97,6 +100,11 @@ class ResNetV2(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
         self.feature_stages = ["layer1", "layer2", "layer3", "layer4"]
+        # pre-activations: the last block's sum before its ReLU; the BatchNorm of its residual branch
+        last = [f"layer{i}.{n - 1}" for i, n in enumerate(num_blocks, start=1)]
+        branch_bn = "bn3" if block is Bottleneck else "bn2"
+        self.preact_stages = [f"{path}.preact" for path in last]
+        self.preact_batchnorms = [f"{path}.{branch_bn}" for path in last]
         self.taps = {
             "stem": "relu",
             "stage1": "layer1",
@@ -106,6 +114,7 @@ class ResNetV2(nn.Module):
             "intermediate": "layer4.0",
             "penultimate": "layer4",
             "classifier": "linear",
+            **preact_taps(self.preact_stages),
         }
 
     def _make_layer(

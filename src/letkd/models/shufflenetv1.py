@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from letkd.models.registry import register_model
+from letkd.models.tap_names import preact_taps
 
 
 class ChannelShuffle(nn.Module):
@@ -49,6 +50,7 @@ class ShuffleUnitV1(nn.Module):
         self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
         self.relu1 = nn.ReLU(inplace=True)
         self.relu2 = nn.ReLU(inplace=True)
+        self.preact = nn.Identity()  # tap point: the combination before the final ReLU
         self.relu_out = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,7 @@ class ShuffleUnitV1(nn.Module):
         out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         res = self.shortcut(x)
-        return self.relu_out(torch.cat([out, res], 1) if self.stride == 2 else out + res)
+        return self.relu_out(self.preact(torch.cat([out, res], 1) if self.stride == 2 else out + res))
 
 
 class ShuffleNetV1(nn.Module):
@@ -79,6 +81,12 @@ class ShuffleNetV1(nn.Module):
         self.linear = nn.Linear(out_planes[2], num_classes)
 
         self.feature_stages = ["layer1", "layer2", "layer3"]
+        # pre-activations: the last unit's combination before its ReLU; where that unit sums (stride 1)
+        # its branch BatchNorm bn3 feeds it, as bn2 does in a ResNet block (a concatenation has none)
+        last = [f"{stage}.{len(self.get_submodule(stage)) - 1}" for stage in self.feature_stages]
+        self.preact_stages = [f"{path}.preact" for path in last]
+        if all(self.get_submodule(path).stride == 1 for path in last):
+            self.preact_batchnorms = [f"{path}.bn3" for path in last]
         self.taps = {
             "stem": "relu",
             "stage1": "layer1",
@@ -87,6 +95,7 @@ class ShuffleNetV1(nn.Module):
             "intermediate": "layer3.0",
             "penultimate": "layer3",
             "classifier": "linear",
+            **preact_taps(self.preact_stages),
         }
 
     def _make_layer(self, out_planes: int, num_blocks: int, groups: int) -> nn.Sequential:

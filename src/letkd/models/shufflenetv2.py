@@ -14,15 +14,18 @@ from torch import nn
 
 from letkd.models.registry import register_model
 from letkd.models.shufflenetv1 import ChannelShuffle
+from letkd.models.tap_names import preact_taps
 
 
 class ShuffleUnitV2(nn.Module):
     """Split channels in half; the second half goes 1×1-BN-ReLU, dw3×3-BN, 1×1-BN-ReLU; concat; shuffle(2).
 
-    ``(B, C, H, W) -> (B, C, H, W)``.
+    ``(B, C, H, W) -> (B, C, H, W)``. With ``preact`` (the last unit of a stage) the module ``preact`` also
+    receives the unit's pre-activation ``shuffle(concat(x1, bn3 output))``: the output with the branch taken
+    before its ReLU, channel for channel, so that it can be tapped; the output is computed as without it.
     """
 
-    def __init__(self, in_channels: int, split_ratio: float = 0.5):
+    def __init__(self, in_channels: int, split_ratio: float = 0.5, preact: bool = False):
         super().__init__()
         self.split_ratio = split_ratio
         c = int(in_channels * split_ratio)
@@ -36,14 +39,16 @@ class ShuffleUnitV2(nn.Module):
         self.passthrough = nn.Identity()  # the untouched half: its input is read as part of a pre-activation
         self.relu1 = nn.ReLU(inplace=True)
         self.relu3 = nn.ReLU(inplace=True)
+        self.preact = nn.Identity() if preact else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = int(x.size(1) * self.split_ratio)
         x1, x2 = self.passthrough(x[:, :c]), x[:, c:]
         out = self.relu1(self.bn1(self.conv1(x2)))
-        out = self.bn2(self.conv2(out))
-        out = self.relu3(self.bn3(self.conv3(out)))
-        return self.shuffle(torch.cat([x1, out], 1))
+        out = self.bn3(self.conv3(self.bn2(self.conv2(out))))
+        if self.preact is not None:  # a tap point only: its output is not used
+            self.preact(self.shuffle(torch.cat([x1, out], 1)))
+        return self.shuffle(torch.cat([x1, self.relu3(out)], 1))
 
 
 class DownUnitV2(nn.Module):
@@ -103,6 +108,11 @@ class ShuffleNetV2(nn.Module):
         self.linear = nn.Linear(out_channels[3], num_classes)
 
         self.feature_stages = ["layer1", "layer2", "layer3"]
+        # pre-activations: the last unit's output before its ReLU (see ShuffleUnitV2); half of it is the
+        # pass-through split, so no single BatchNorm feeds it (no preact_batchnorms)
+        self.preact_stages = [
+            f"{stage}.{num_blocks[i]}.preact" for i, stage in enumerate(self.feature_stages)
+        ]
         self.taps = {
             "stem": "relu1",
             "stage1": "layer1",
@@ -111,6 +121,7 @@ class ShuffleNetV2(nn.Module):
             "intermediate": "layer3.0",
             "penultimate": "relu2",
             "classifier": "linear",
+            **preact_taps(self.preact_stages),
         }
         # RepDistiller's preact feature of a stage (forward(preact=True)): its last unit's passthrough half
         # and the input of the unit's last ReLU, concatenated along channels before the shuffle
@@ -121,7 +132,7 @@ class ShuffleNetV2(nn.Module):
 
     def _make_layer(self, out_channels: int, num_blocks: int) -> nn.Sequential:
         layers: list[nn.Module] = [DownUnitV2(self.in_channels, out_channels)]
-        layers += [ShuffleUnitV2(out_channels) for _ in range(num_blocks)]
+        layers += [ShuffleUnitV2(out_channels, preact=i == num_blocks - 1) for i in range(num_blocks)]
         self.in_channels = out_channels
         return nn.Sequential(*layers)
 

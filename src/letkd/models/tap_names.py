@@ -4,6 +4,12 @@ Taps are resolved to module paths by :func:`letkd.taps.resolve_tap`; this module
 tables. Zoo models carry ``model.taps`` (tap name -> module path) and ``model.feature_stages`` (stage tap
 paths in order). For torchvision and timm models the taps are inferred from the architecture; for anything
 else pass module paths (``model.get_submodule(path)`` must accept them).
+
+Pre-activations (RepDistiller's and mdistiller's ``preact_feats``, read by ReviewKD and OFD): zoo models also
+carry ``model.preact_stages``, the module paths whose *outputs* are the values each feature stage holds before
+its final ReLU (tap names ``stage1_preact`` …), and, where one BatchNorm feeds that point,
+``model.preact_batchnorms`` (OFD's margins). Architectures without such points declare none and
+:func:`preact_stages` / :func:`preact_batchnorms` refuse them with :class:`TapInferenceError`.
 """
 
 from __future__ import annotations
@@ -44,6 +50,36 @@ def feature_stages(model: nn.Module) -> list[str]:
         return list(stages)
     taps = get_taps(model)
     return [taps[k] for k in sorted((k for k in taps if k.startswith("stage")), key=lambda k: int(k[5:]))]
+
+
+def preact_taps(paths: list[str]) -> dict[str, str]:
+    """Tap names of pre-activation stage paths: ``{"stage1_preact": paths[0], ...}``."""
+    return {f"stage{i}_preact": path for i, path in enumerate(paths, start=1)}
+
+
+def preact_stages(model: nn.Module) -> list[str]:
+    """Module paths whose outputs are the pre-ReLU values of the feature stages, in forward order
+    (``model.preact_stages``); :class:`TapInferenceError` when the model declares none."""
+    stages = getattr(model, "preact_stages", None)
+    if not stages:
+        raise TapInferenceError(
+            f"{type(model).__name__} declares no pre-activation (pre-ReLU) stage points "
+            "(model.preact_stages); pass module paths whose outputs are the pre-ReLU maps instead"
+        )
+    return list(stages)
+
+
+def preact_batchnorms(model: nn.Module) -> list[str]:
+    """Paths of the BatchNorm layers feeding each pre-activation point (``model.preact_batchnorms``, one per
+    :func:`preact_stages` entry); :class:`TapInferenceError` where no single BatchNorm feeds them (e.g. a
+    concatenation with an un-normalised branch, as in ShuffleNetV2)."""
+    norms = getattr(model, "preact_batchnorms", None)
+    if not norms:
+        raise TapInferenceError(
+            f"{type(model).__name__} has no single BatchNorm before the final ReLU of its stages "
+            "(model.preact_batchnorms), so no margins can be derived from it; pass BatchNorm paths instead"
+        )
+    return list(norms)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from torch import nn
 
 from letkd.models.init import init_fan_out_normal
 from letkd.models.registry import register_model
+from letkd.models.tap_names import preact_taps
 
 CFG = {
     "A": [[64], [128], [256, 256], [512, 512], [512, 512]],
@@ -58,6 +59,9 @@ class VGG(nn.Module):
         init_fan_out_normal(self)
 
         self.feature_stages = ["relu1", "relu2", "relu3", "relu4"]
+        # pre-activations: each group's output (it ends with a BatchNorm), before relu1..relu4
+        self.preact_stages = ["block1", "block2", "block3", "block4"]
+        self.preact_batchnorms = [f"block{i}.{len(getattr(self, f'block{i}')) - 1}" for i in (1, 2, 3, 4)]
         self.taps = {
             "stem": "relu0",
             "stage1": "relu1",
@@ -67,6 +71,7 @@ class VGG(nn.Module):
             "intermediate": "relu3",
             "penultimate": "relu4",
             "classifier": "classifier",
+            **preact_taps(self.preact_stages),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from letkd.models.registry import register_model
+from letkd.models.tap_names import preact_taps
 
 
 class WideBasicBlock(nn.Module):
@@ -99,6 +100,10 @@ class WideResNet(nn.Module):
 
         # Stages are the raw block outputs, as RepDistiller's feature list (pre-activation).
         self.feature_stages = ["block1", "block2", "block3"]
+        # pre-activations (RepDistiller's preact features): each stage output through the BatchNorm that
+        # the next ReLU reads (the next stage's first bn1, the final bn1); the BatchNorm is the tap itself
+        self.preact_stages = ["block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"]
+        self.preact_batchnorms = list(self.preact_stages)
         self.taps = {
             "stem": "conv1",
             "stage1": "block1",
@@ -107,6 +112,7 @@ class WideResNet(nn.Module):
             "intermediate": "block3.layer.0",
             "penultimate": "relu",
             "classifier": "fc",
+            **preact_taps(self.preact_stages),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -96,13 +96,16 @@ class RunRecord:
 
 def method_label(method: str, params: dict[str, Any] | None) -> str:
     """Short label of a method: ``letkd1`` / ``letkd2`` by the number of KD layers, a composition's parts
-    joined by ``+`` (``at+kd``, ``fitnet+letkd1``), else the method name."""
+    joined by ``+`` (``at+kd``, ``fitnet+letkd1``), ``kd_ls`` / ``dkd_ls`` for KD / DKD on standardized
+    logits (``logit_stand``), else the method name."""
     layers = (params or {}).get("layers")
     if method == "letkd" and isinstance(layers, list):
         return f"letkd{len(layers)}"
     parts = (params or {}).get("parts")
     if method == "compose" and isinstance(parts, list) and all(isinstance(p, dict) for p in parts):
         return "+".join(method_label(str(p.get("method")), p.get("params")) for p in parts)
+    if (params or {}).get("logit_stand") is True:
+        return f"{method}_ls"
     return method
 
 
