@@ -24,8 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from letkd.graft import GRAFT_NAME, GraftError, GraftHandle, graft, graft_points, grafts, ungraft
+from letkd.graft import (
+    GRAFT_NAME,
+    GraftError,
+    GraftHandle,
+    apply_on_patches,
+    graft,
+    graft_points,
+    grafts,
+    ungraft,
+)
 from letkd.layers import KDLayer, TemplateHead
+from letkd.taps import TokenGrid, token_grid
 from letkd.utils import atomic_write_bytes
 
 #: ``kind`` of a graft spec entry → the module class it rebuilds (its ``graft_spec()`` gives the kwargs)
@@ -147,17 +157,22 @@ def load_student(
 
 
 class BakedGraft(nn.Module):
-    """A hook-free graft for deployment: ``forward(x) = graft(base(x))[0]`` (``x_hat`` of the KD layer)."""
+    """A hook-free graft for deployment: ``forward(x) = graft(base(x))[0]`` (``x_hat`` of the KD layer).
 
-    def __init__(self, base: nn.Module, graft: nn.Module) -> None:
+    On a token model (``grid``) a ``(B, N, C)`` base output is transformed on its patch tokens, prefix
+    tokens unchanged, exactly as the graft hook does (:func:`letkd.graft.apply_on_patches`)."""
+
+    def __init__(self, base: nn.Module, graft: nn.Module, grid: TokenGrid | None = None) -> None:
         super().__init__()
         self.base = base
         self.graft = graft
+        self.grid = grid
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The base module's output ``(B, C, H, W)`` transformed by the graft."""
-        out = self.graft(self.base(*args, **kwargs))
-        return out[0] if isinstance(out, (tuple, list)) else out
+        """The base module's output ``(B, C, H, W)`` (or ``(B, N, C)`` tokens) transformed by the graft."""
+        out = self.base(*args, **kwargs)
+        x_hat, _ = apply_on_patches(self.graft, out, self.grid)
+        return out if x_hat is None else x_hat
 
 
 def bake(model: nn.Module) -> nn.Module:
@@ -170,10 +185,11 @@ def bake(model: nn.Module) -> nn.Module:
     """
     baked = copy.deepcopy(model)
     targets = sorted(grafts(baked), key=lambda p: p.count(".") + 1, reverse=True)
+    grid = token_grid(baked)
     for path in targets:
         module = ungraft(baked, path)
         if getattr(module, "modifies_output", True):
-            _set_submodule(baked, path, BakedGraft(baked.get_submodule(path), module))
+            _set_submodule(baked, path, BakedGraft(baked.get_submodule(path), module, grid))
     return baked
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from letkd.layers import TemplateHead
 from letkd.methods.base import Distiller, MethodContext, MethodParams, register_method
-from letkd.methods.features import student_features
+from letkd.methods.features import pool_to_grid, student_features
 from letkd.methods.template_kd import QuestLayer, TeacherTargets, layer_specs, loss_names, student_shapes
 from letkd.supervision.spec import Spec
 from letkd.template_loss import template_kl
@@ -68,5 +68,6 @@ class QuEST(Distiller):
         for name, layer, path, head, target in zip(
             self.loss_names, self.params.layers, self.student_paths, self.heads, targets
         ):
-            losses[name] = layer.weight * template_kl(head(feats[path]), target)
+            scores = pool_to_grid(head(feats[path]), target.shape[-2:])  # a finer student grid is pooled
+            losses[name] = layer.weight * template_kl(scores, target)
         return logits, losses

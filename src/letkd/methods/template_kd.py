@@ -23,7 +23,7 @@ from torch import nn
 
 from letkd.config import ConfigError
 from letkd.methods.base import MethodParams
-from letkd.methods.features import check_same_grid, pool2x2, resolve_taps, tap_shapes
+from letkd.methods.features import aligned_grid, pool2x2, pool_to_grid, resolve_taps, tap_shapes
 from letkd.supervision.spec import CodebookSpec, Spec, SubclassSpec
 from letkd.teacher import FrozenTeacher
 
@@ -107,7 +107,10 @@ def loss_names(layers: Sequence[AnyLayer]) -> list[str]:
 
 
 class TeacherTargets(nn.Module):
-    """Per-layer teacher targets: teacher taps (no grad, early stop) → optional 2×2 pool → supervision.
+    """Per-layer teacher targets: teacher taps (no grad, early stop) → optional 2×2 pool → supervision →
+    the target distributions average-pooled to the student's grid when the teacher's is finer
+    (:func:`~letkd.methods.features.aligned_grid`; a finer student grid is the method's to pool: its scores
+    go through :func:`~letkd.methods.features.pool_to_grid` to ``target.shape[-2:]``).
 
     Holds the supervision modules (so they follow ``.to(device)``) and declares the layers' teacher taps on
     the :class:`~letkd.teacher.FrozenTeacher`; built once per run, it checks every layer with a dummy
@@ -134,6 +137,7 @@ class TeacherTargets(nn.Module):
         self.teacher_paths = resolve_taps(teacher, [layer.teacher_tap for layer in layers], "teacher")
         self._teacher = [teacher]  # not a submodule: the Distiller owns the teacher
         self._buffers_by_layer: dict[int, torch.Tensor] = {}  # per-layer target buffers, not state
+        self.grids: list[tuple[int, int] | None] = [None] * len(self.layers)  # common grids, set by check()
 
     def check(
         self,
@@ -154,7 +158,9 @@ class TeacherTargets(nn.Module):
         ):
             if layer.teacher_pool:
                 t_shape = (t_shape[0], t_shape[1] // 2, t_shape[2] // 2)
-            check_same_grid(layer.student_tap, s_shape, layer.teacher_tap, t_shape, layer.teacher_pool)
+            self.grids[i] = aligned_grid(
+                layer.student_tap, s_shape, layer.teacher_tap, t_shape, layer.teacher_pool
+            )
             dim = getattr(sup, "dim", None)
             if dim is not None and dim != t_shape[0]:
                 raise ConfigError(
@@ -184,7 +190,8 @@ class TeacherTargets(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        """Targets ``(B, K_i, H_i, W_i)`` per layer for a batch ``images (B, 3, H, W)``, ``labels (B,)``.
+        """Targets ``(B, K_i, H_i, W_i)`` per layer (on the layer's common grid) for a batch
+        ``images (B, 3, H, W)``, ``labels (B,)``.
 
         The targets of each layer are written into a buffer kept from the previous call (same shape and
         device), so a new call overwrites the previous call's targets. A graph still holding them then fails
@@ -198,7 +205,8 @@ class TeacherTargets(nn.Module):
             target = sup.targets(f, labels, out=buffer, **layer.target_options())
             # the (B·H·W, K) rows behind the (B, K, H, W) view: next call's buffer
             self._buffers_by_layer[i] = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1])
-            out.append(target)
+            grid = self.grids[i]
+            out.append(target if grid is None else pool_to_grid(target, grid))
         return out
 
     def _reusable_buffer(self, i: int, rows: int, sup: nn.Module) -> torch.Tensor | None:
