@@ -131,3 +131,27 @@ def test_grids_align_by_an_integer_factor_or_fail_with_one_clear_error():
     params = get_method("letkd").parse_params(cfg.method.params)
     with pytest.raises(GridAlignmentError, match="grid mismatch"):
         check_run(cfg, params, 10)
+
+
+@pytest.mark.parametrize("name", ["kd", "fitnet", "at", "letkd"])
+def test_a_vit_teacher_distils_into_a_cnn_student(name):
+    from letkd.methods import MethodContext, get_method
+    from letkd.supervision import Codebook, SubclassCodebook
+
+    cls = get_method(name)
+    params = cls.example_params()
+    g = torch.Generator().manual_seed(0)
+    supervision = None
+    if name == "letkd":  # random supervision over the ViT teacher's 64-channel patch maps, 5 classes
+        supervision = [
+            SubclassCodebook(torch.randn(64, 4, generator=g), torch.rand(64, generator=g),
+                             torch.randn(10, 4, generator=g), torch.softmax(torch.randn(10, 10), 1), 5),
+            Codebook(torch.rand(16, 64, generator=g)),
+        ]
+    teacher = create_model("vit_pico_p4", 5, img_size=8)  # 2×2 tokens, resnet8's 2×2 maps at 8×8
+    d = cls.from_config(create_model("resnet8", 5), teacher, params,
+                        MethodContext(5, (3, 8, 8), supervision=supervision, num_train_samples=8))
+    logits, losses = d.train()(torch.randn(4, 3, 8, 8), torch.arange(4) % 5)
+    assert logits.shape == (4, 5) and all(torch.isfinite(v) for v in losses.values())
+    torch.stack(list(losses.values())).sum().backward()
+    assert all(p.grad is None for p in d.teacher.parameters())
