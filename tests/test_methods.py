@@ -91,10 +91,16 @@ class _StrideTwoNet(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def test_grid_mismatch_is_reported_at_start_with_a_pooling_hint():
+def test_a_finer_teacher_grid_without_teacher_pool_pools_the_targets():
     pair = (create_model("resnet8", NC), _StrideTwoNet())
-    with pytest.raises(ConfigError, match=r"'penultimate'.*\(64, 2, 2\).*\(12, 4, 4\).*teacher_pool: true"):
-        _build("letkd", {"layers": [CODEBOOK_LAYER]}, [_codebook(12)], pair)
+    cb = _codebook(12)
+    d = _build("letkd", {"layers": [CODEBOOK_LAYER]}, [cb], pair)
+    images, labels = _batch()
+    with torch.no_grad():
+        fine = cb.targets(d.teacher.module.features(images))  # (B, K, 4, 4) on the teacher's grid
+    (targets,) = d.targets(images, labels)
+    torch.testing.assert_close(targets, nn.functional.avg_pool2d(fine, 2))
+    assert targets.shape == (4, K, 2, 2)
 
 
 def test_teacher_pool_matches_grids_and_pools_targets():
