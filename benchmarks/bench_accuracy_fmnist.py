@@ -17,7 +17,8 @@ completed under the same budget are reused, so an interrupted benchmark picks up
 Settings (environment): ``LETKD_BENCH_SEEDS`` (default 3), ``LETKD_BENCH_EPOCHS`` (student epochs, 5),
 ``LETKD_BENCH_SUBSET`` (training images, 4000), ``LETKD_BENCH_METHODS`` (comma-separated labels of
 :data:`METHOD_SECTIONS`, default the five above), ``LETKD_BENCH_TEACHER_EPOCHS`` (default 2 × student epochs),
-``LETKD_BENCH_TEST_SUBSET`` (first N test images, default 5000; 0 = all 10,000), ``LETKD_BENCH_OUT``
+``LETKD_BENCH_TEST_SUBSET`` (first N test images, default 5000; 0 = all 10,000), ``LETKD_BENCH_STUDENT``
+(default ``resnet8``; e.g. ``vit_pico_p4``: a CNN teacher distilled into a ViT), ``LETKD_BENCH_OUT``
 (default ``runs/bench_accuracy``). See docs/benchmarks.md for the time this takes.
 Run: ``python -m benchmarks.run_all accuracy_fmnist``.
 """
@@ -83,7 +84,7 @@ METHOD_SECTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def budget() -> dict[str, int | None]:
+def budget() -> dict[str, Any]:
     """The run budget read from the environment (see the module docstring for names and defaults)."""
     epochs = env_int("LETKD_BENCH_EPOCHS", 5)
     test_subset = env_int("LETKD_BENCH_TEST_SUBSET", 5000)
@@ -93,6 +94,7 @@ def budget() -> dict[str, int | None]:
         "subset": env_int("LETKD_BENCH_SUBSET", 4000),
         "teacher_epochs": env_int("LETKD_BENCH_TEACHER_EPOCHS", 2 * epochs),
         "test_subset": test_subset or None,
+        "student": os.environ.get("LETKD_BENCH_STUDENT") or STUDENT,
     }
 
 
@@ -160,10 +162,10 @@ def write_teacher_config(folder: Path, data_root: Path, b: dict[str, int | None]
 
 
 def student_config(
-    label: str, seed: int, teacher_config: Path, data_root: Path, cache_dir: Path, b: dict[str, int | None]
+    label: str, seed: int, teacher_config: Path, data_root: Path, cache_dir: Path, b: dict[str, Any]
 ) -> dict[str, Any]:
     """The config of one student run: ``label`` in :data:`METHOD_SECTIONS`, trained with ``seed``."""
-    data = base_config(f"fmnist-bench-{label}-seed{seed}", STUDENT, seed, int(b["epochs"]), data_root, b)
+    data = base_config(f"fmnist-bench-{label}-seed{seed}", b["student"], seed, int(b["epochs"]), data_root, b)
     data["method"] = METHOD_SECTIONS[label]
     if label != "vanilla":
         data["teacher"] = {
@@ -200,7 +202,8 @@ def main() -> None:
     """Run every (method, seed) not yet done under this budget, write the report and print its table."""
     b = budget()
     out = Path(os.environ.get("LETKD_BENCH_OUT", "runs/bench_accuracy"))
-    tag = f"e{b['epochs']}-n{b['subset']}-t{b['teacher_epochs']}" + (
+    student = "" if b["student"] == STUDENT else f"-{b['student']}"
+    tag = f"e{b['epochs']}-n{b['subset']}-t{b['teacher_epochs']}{student}" + (
         f"-test{b['test_subset']}" if b["test_subset"] else ""
     )
     runs_root = out / "runs" / tag
@@ -208,7 +211,7 @@ def main() -> None:
     data_root = data_root.resolve()
     teacher_config = write_teacher_config(out / "configs" / tag, data_root, b)
     print(
-        f"Fashion-MNIST: teacher {TEACHER} ({b['teacher_epochs']} epochs) → student {STUDENT}, "
+        f"Fashion-MNIST: teacher {TEACHER} ({b['teacher_epochs']} epochs) → student {b['student']}, "
         f"{b['subset']} training images, {b['epochs']} epochs, seeds 0..{b['seeds'] - 1}, "
         f"K={NUM_TEMPLATES}, {SUBCLASSES_PER_CLASS} sub-classes/class, {LDA_COMPONENTS} LDA dims",
         flush=True,

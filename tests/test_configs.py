@@ -44,6 +44,8 @@ CIFAR_REFUSED = {
     "wrn_40_2_ShuffleV1": {"fsp"},
     "wrn_40_2_wrn_40_1": {"fsp"},
 }
+#: pairs of letkd's own (not in the paper's tables): a CNN teacher into a vision transformer
+OWN_PAIRS = {"resnet32x4_deit_tiny_p4": {"vanilla", "kd", "fitnet", "at", "letkd1", "letkd2"}}
 TWO_STAGE = {"ab", "fsp"}  # 30 init epochs before RepDistiller's 240 (methods/init_stage.py)
 # methods configured only for the pairs their authors (or mdistiller) report numbers for
 FEATURE_REPORTED = {"wrn_40_2_wrn_40_1", "resnet56_resnet20", "resnet32x4_resnet8x4", "resnet32x4_ShuffleV1",
@@ -118,7 +120,12 @@ def test_config_loads_and_fits_together(path):
 def test_cifar100_has_every_pair_and_method():
     root = ROOT / "configs" / "cifar100"
     folders = {p.name for p in root.iterdir() if p.is_dir() and p.name != "teachers"}
-    assert folders == set(CIFAR_PAIRS)
+    assert folders == set(CIFAR_PAIRS)  # the paper's pairs only: `configs/cifar100/*_*/*.yaml` is Table 1
+    own = ROOT / "configs" / "cifar100_vit"
+    assert {p.name for p in own.iterdir() if p.is_dir()} == set(OWN_PAIRS)
+    for pair, methods in OWN_PAIRS.items():
+        assert {p.stem for p in (own / pair).glob("*.yaml")} == methods
+        assert all("NOT the paper's" in p.read_text() for p in (own / pair).glob("*.yaml"))
     for pair in CIFAR_PAIRS:
         expected = CIFAR_METHODS - CIFAR_REFUSED.get(pair, set())
         expected |= {method for method, pairs in CIFAR_REPORTED.items() if pair in pairs}

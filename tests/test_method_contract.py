@@ -18,6 +18,14 @@ SIZE = (3, 8, 8)
 B = 4
 N_TRAIN = 32
 EPOCHS = 4  # two-stage methods: epoch 0 is in their init stage (example init_epochs 1), epoch 3 is not
+#: students besides resnet8: a vision transformer whose 2×2 patch-token grid meets resnet8's 2×2 maps
+STUDENT_KWARGS = {"vit_pico_p4": {"img_size": SIZE[1]}}
+#: (method, student) pairs refused at construction, with the reason the error must give
+REFUSED = {
+    ("ab", "vit_pico_p4"): "not the output of an nn.ReLU",  # AB reads pre-ReLU maps; a ViT has none
+    ("fsp", "vit_pico_p4"): "same channels at every tap",  # FSP needs equal widths; resnet8's grow
+    ("ofd", "vit_pico_p4"): "declares no pre-activation",  # OFD reads pre-ReLU stage outputs; a ViT has none
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread is faster
@@ -41,11 +49,12 @@ def _params_and_supervision(cls) -> tuple[dict, list | None]:
     return params, [_supervision(spec) for spec in specs] or None
 
 
-def _build(name: str, seed: int = 0):
+def _build(name: str, seed: int = 0, student: str = "resnet8"):
     cls = get_method(name)
     params, supervision = _params_and_supervision(cls)
     torch.manual_seed(seed)
-    student, teacher = create_model("resnet8", NC), create_model("resnet8", NC)
+    student_model = create_model(student, NC, **STUDENT_KWARGS.get(student, {}))
+    student, teacher = student_model, create_model("resnet8", NC)
     context = MethodContext(NC, SIZE, supervision=supervision, num_train_samples=N_TRAIN)
     return cls.from_config(student, teacher, params, context)
 
@@ -61,9 +70,16 @@ def _batch(d, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return images, labels, extra
 
 
+@pytest.mark.parametrize("student", ["resnet8", "vit_pico_p4"])
 @pytest.mark.parametrize("name", list_methods())
-def test_method_trains_and_keeps_the_contract(name):
-    d = _build(name)
+def test_method_trains_and_keeps_the_contract(name, student):
+    if (name, student) in REFUSED:
+        from letkd.config import ConfigError
+
+        with pytest.raises(ConfigError, match=REFUSED[name, student]):
+            _build(name, student=student)
+        return
+    d = _build(name, student=student)
     teacher_ids = {id(p) for p in d.teacher.parameters()}
     trainable = list(d.trainable_parameters())
     assert trainable and not {id(p) for p in trainable} & teacher_ids

@@ -11,6 +11,7 @@ from torch import nn
 from letkd.config import ConfigError
 from letkd.methods import get_method, list_methods
 from letkd.models import create_model
+from letkd.template_loss import template_kl
 from method_helpers import (
     CODEBOOK_LAYER,
     NC,
@@ -91,10 +92,19 @@ class _StrideTwoNet(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def test_grid_mismatch_is_reported_at_start_with_a_pooling_hint():
+def test_a_finer_teacher_grid_without_teacher_pool_pools_the_teacher_features():
     pair = (create_model("resnet8", NC), _StrideTwoNet())
-    with pytest.raises(ConfigError, match=r"'penultimate'.*\(64, 2, 2\).*\(12, 4, 4\).*teacher_pool: true"):
-        _build("letkd", {"layers": [CODEBOOK_LAYER]}, [_codebook(12)], pair)
+    cb = _codebook(12)
+    d = _build("letkd", {"layers": [CODEBOOK_LAYER]}, [cb], pair)
+    images, labels = _batch()
+    with torch.no_grad():
+        pooled = nn.functional.avg_pool2d(d.teacher.module.features(images), 2)  # 4x4 -> the student's 2x2
+    (targets,) = d.targets(images, labels)
+    torch.testing.assert_close(targets, cb.targets(pooled))  # as teacher_pool does
+    assert targets.shape == (4, K, 2, 2)
+    (lazy,) = d.targets.lazy(images, labels)  # the form the training step's fused loss reads
+    scores = torch.randn(4, K, 2, 2)
+    torch.testing.assert_close(template_kl(scores, lazy), template_kl(scores, targets))
 
 
 def test_teacher_pool_matches_grids_and_pools_targets():

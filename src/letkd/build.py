@@ -216,7 +216,7 @@ def check_run(cfg: RunConfig, params: MethodParams, num_classes: int) -> None:
     registry's error) naming what is wrong. The global random state is left untouched.
     """
     from letkd.data import dataset_info
-    from letkd.methods.features import check_same_grid, resolve_taps, tap_shapes
+    from letkd.methods.features import aligned_grid, resolve_taps, tap_shapes
     from letkd.models import create_model
 
     info = dataset_info(cfg.data.name)
@@ -237,7 +237,7 @@ def check_run(cfg: RunConfig, params: MethodParams, num_classes: int) -> None:
             (s_shape,), (t_shape,) = s_shapes, t_shapes
             if pool:
                 t_shape = (t_shape[0], t_shape[1] // 2, t_shape[2] // 2)
-            check_same_grid(student_taps[0], s_shape, teacher_taps[0], t_shape, pool)
+            aligned_grid(student_taps[0], s_shape, teacher_taps[0], t_shape, pool)
         _check_template_memory(cfg, params, teacher, input_size, num_classes)
 
 
@@ -260,7 +260,7 @@ def _check_template_memory(
 
 def _tap_pairs(params: MethodParams) -> list[tuple[list[str], list[str], bool | None]]:
     """``(student taps, teacher taps, teacher_pool)`` named by a method's params: one per KD layer
-    (``layers``: same grid required, ``teacher_pool`` None = no grid check), ``student_tap`` /
+    (``layers``: grids must align, ``teacher_pool`` None = no grid check), ``student_tap`` /
     ``teacher_tap`` and ``student_taps`` / ``teacher_taps`` (resolution and shapes only); those of every
     part of a composition (``parts``)."""
     pairs: list[tuple[list[str], list[str], bool | None]] = []

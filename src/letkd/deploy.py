@@ -24,8 +24,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from letkd.graft import GRAFT_NAME, GraftError, GraftHandle, graft, graft_points, grafts, ungraft
+from letkd.graft import (
+    GRAFT_NAME,
+    GraftError,
+    GraftHandle,
+    graft,
+    graft_points,
+    grafts,
+    ungraft,
+)
 from letkd.layers import KDLayer, TemplateHead
+from letkd.taps import TokenGrid, as_feature_map, token_grid
 from letkd.utils import atomic_write_bytes, file_mode
 
 #: ``kind`` of a graft spec entry → the module class it rebuilds (its ``graft_spec()`` gives the kwargs)
@@ -160,17 +169,24 @@ def load_student(
 
 class BakedGraft(nn.Module):
     """A hook-free graft for deployment: ``forward(x) = graft(base(x))``, or its first item when the graft
-    returns ``(x_hat, scores)`` (the reference form keeps the training :class:`~letkd.layers.KDLayer`)."""
+    returns ``(x_hat, scores)`` (the reference form keeps the training :class:`~letkd.layers.KDLayer`).
 
-    def __init__(self, base: nn.Module, graft: nn.Module) -> None:
+    On a token model (``grid``) a ``(B, N, C)`` base output is transformed on its patch tokens, prefix
+    tokens unchanged, as the graft hook does (:func:`letkd.graft.apply_on_patches`)."""
+
+    def __init__(self, base: nn.Module, graft: nn.Module, grid: TokenGrid | None = None) -> None:
         super().__init__()
         self.base = base
         self.graft = graft
+        self.grid = grid
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The base module's output transformed by the graft."""
-        out = self.graft(self.base(*args, **kwargs))
-        return out[0] if isinstance(out, (tuple, list)) else out
+        """The base module's output ``(B, C, H, W)`` (or ``(B, N, C)`` tokens) transformed by the graft."""
+        out = self.base(*args, **kwargs)
+        feature_map = as_feature_map(out, self.grid)
+        result = self.graft(feature_map)
+        x_hat = result[0] if isinstance(result, (tuple, list)) else result  # an inference form: x_hat alone
+        return x_hat if feature_map is out else self.grid.to_tokens(x_hat, out)  # type: ignore[union-attr]
 
 
 #: the forms :func:`bake` can give a grafted module
@@ -194,6 +210,7 @@ def bake(model: nn.Module, form: str = "fast") -> nn.Module:
         raise ValueError(f"bake form {form!r}: expected one of {', '.join(BAKE_FORMS)}")
     baked = copy.deepcopy(model)
     targets = sorted(grafts(baked), key=lambda p: p.count(".") + 1, reverse=True)
+    grid = token_grid(baked)
     for path in targets:
         module = ungraft(baked, path)
         if not getattr(module, "modifies_output", True):
@@ -201,7 +218,7 @@ def bake(model: nn.Module, form: str = "fast") -> nn.Module:
         to_inference = getattr(module, "inference_form", None) if form == "fast" else None
         if to_inference is not None:
             module = to_inference().train(module.training)
-        _set_submodule(baked, path, BakedGraft(baked.get_submodule(path), module))
+        _set_submodule(baked, path, BakedGraft(baked.get_submodule(path), module, grid))
     return baked
 
 

@@ -17,6 +17,10 @@ Details:
 - ``nn.Sequential`` targets iterate over their children in ``forward``; their class is swapped for a subclass
   (as ``torch.nn.utils.parametrize`` does) that hides the graft child from iteration, ``len`` and indexing.
 - The graft hook runs before any other forward hook of the target, so feature taps see ``x_hat``.
+- Token models (:func:`letkd.taps.token_grid`): at a target whose output is a token sequence ``(B, N, C)``
+  the module receives the ``(B, C, h, w)`` map of the patch tokens, and its ``x_hat`` is written back as
+  tokens in the model's layout with the prefix (class, distillation, register) tokens unchanged
+  (:func:`apply_on_patches`).
 - Deep-copied models keep their grafts; pickling a whole model whose ``nn.Sequential`` was grafted is not
   supported (save ``state_dict`` plus :func:`letkd.deploy.graft_spec` instead).
 """
@@ -31,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from letkd.taps import UnknownTapError, resolve_tap
+from letkd.taps import TokenGrid, UnknownTapError, as_feature_map, resolve_tap, token_grid
 
 GRAFT_NAME = "letkd"
 
@@ -42,6 +46,28 @@ class GraftError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------------
 # hooks
+
+
+def apply_on_patches(
+    module: nn.Module, output: torch.Tensor, grid: TokenGrid | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Run a graft ``module`` on a target's ``output``; ``(new output or None if unchanged, scores)``.
+
+    ``module`` maps a ``(B, C, H, W)`` map to ``(x_hat, scores)`` or to ``scores`` only. On a token model
+    (``grid``) a ``(B, N, C)`` output is given to it as the patch map and ``x_hat`` is returned as tokens in
+    the same layout, prefix tokens unchanged. The one place grafts (hooked or baked) meet token layouts.
+    """
+    feature_map = as_feature_map(output, grid)
+    result = module(feature_map)
+    if not isinstance(result, (tuple, list)):
+        return None, result
+    x_hat, scores = result[0], result[1]
+    if x_hat is feature_map:
+        return None, scores
+    if feature_map is not output:
+        assert grid is not None
+        x_hat = grid.to_tokens(x_hat, output)
+    return x_hat, scores
 
 
 class _GraftTracker:
@@ -70,10 +96,11 @@ class _GraftTracker:
 class _GraftHook:
     """Forward hook of a grafted target: runs the graft child on the output and records its scores."""
 
-    def __init__(self, name: str, target: str, tracker: _GraftTracker) -> None:
+    def __init__(self, name: str, target: str, tracker: _GraftTracker, grid: TokenGrid | None = None) -> None:
         self.name = name
         self.target = target
         self.tracker = tracker
+        self.grid = grid  # token layout of the grafted model (None: not a token model)
         self.generation = -1
         self.scores: torch.Tensor | None = None
 
@@ -88,12 +115,8 @@ class _GraftHook:
             self.generation = tracker.generation
         if not isinstance(output, torch.Tensor):
             raise GraftError(f"grafted module {self.target!r} returned {type(output).__name__}, not a tensor")
-        result = module._modules[self.name](output)
-        if isinstance(result, (tuple, list)):
-            x_hat, self.scores = result[0], result[1]
-        else:
-            x_hat, self.scores = output, result
-        if x_hat is output:
+        x_hat, self.scores = apply_on_patches(module._modules[self.name], output, self.grid)
+        if x_hat is None:
             # The graft saved `output` for backward; a later in-place op (ReLU(inplace=True)) on the tensor we
             # pass on must not modify it. Without grad nothing is saved and no copy is needed.
             return output.clone() if torch.is_grad_enabled() else None
@@ -105,6 +128,7 @@ class _GraftHook:
         new = _GraftHook.__new__(_GraftHook)
         memo[id(self)] = new
         new.name, new.target, new.generation, new.scores = self.name, self.target, -1, None
+        new.grid = getattr(self, "grid", None)
         new.tracker = copy.deepcopy(self.tracker, memo)
         return new
 
@@ -212,7 +236,8 @@ def graft(model: nn.Module, target: str, module: nn.Module, name: str = GRAFT_NA
         model: the network to modify (its forward passes are tracked for the run-once check).
         target: module path (``"layer3"``, ``"layer3.0"``) or a tap name known to
             :func:`letkd.taps.resolve_tap` (``"penultimate"``, ``"intermediate"``).
-        module: maps the target's output ``(B, C, H, W)`` to ``(x_hat, scores)`` or to ``scores`` only.
+        module: maps the target's output ``(B, C, H, W)`` to ``(x_hat, scores)`` or to ``scores`` only (at
+            a token target: the patch map of its ``(B, N, C)`` output, see the module docs).
         name: attribute name of the module inside the target (state_dict keys ``<target>.<name>.*``).
 
     ``module`` is switched to the target's train/eval mode.
@@ -229,7 +254,7 @@ def graft(model: nn.Module, target: str, module: nn.Module, name: str = GRAFT_NA
     module.train(host.training)  # a graft into an eval-mode model starts in eval mode too
     host.add_module(name, module)
     _hide_child(host, name)
-    hook = _GraftHook(name, path, tracker)
+    hook = _GraftHook(name, path, tracker, token_grid(model))
     host.register_forward_hook(hook, prepend=True)
     tracker.hooks.append(hook)
     return GraftHandle(model, path, name)

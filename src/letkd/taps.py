@@ -20,6 +20,10 @@ Choices:
 - A module that runs more than once per forward raises :class:`TapError` unless ``which_call`` says which
   call to keep (0-based; ``-1`` = the last call). With ``stop_after_last`` the forward ends right after the
   last wanted output, so a module's later calls are never seen.
+- Token models (timm ViT/DeiT: ``model.patch_embed.grid_size`` and ``model.num_prefix_tokens``): a tap
+  whose output is a token sequence ``(B, N, C)`` is delivered as the ``(B, C, h, w)`` map of its patch
+  tokens (:class:`TokenGrid`, a view; the class/distillation/register tokens are left out), so every
+  reader — supervision, targets, feature methods, the shape probe — sees a map as on a CNN.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,6 +49,62 @@ class UnknownTapError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """How a token model lays out a sequence ``(B, N, C)``: ``N = P + h·w``, the ``P`` prefix tokens
+    (class, distillation, register tokens) first, then the patch tokens in row-major ``(h, w)`` order.
+
+    A sequence of ``h·w`` tokens (e.g. the patch embedding's output) has no prefix. Any other length
+    raises :class:`TapError`: the grid is the model's, fixed at construction (no dynamic image sizes).
+    """
+
+    height: int
+    width: int
+    prefix: int
+
+    def patch_start(self, tokens: torch.Tensor) -> int:
+        """Index of the first patch token of ``tokens (B, N, C)``: ``P``, or 0 when there is no prefix."""
+        n, patches = tokens.shape[1], self.height * self.width
+        if n not in (patches, patches + self.prefix):
+            raise TapError(
+                f"a token tap gave {n} tokens, but the model lays out {self.prefix} prefix + "
+                f"{self.height}×{self.width} patch tokens; inputs of another size than the model's "
+                "img_size are not supported at token taps"
+            )
+        return n - patches
+
+    def to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C) -> (B, C, h, w)``: a view of the patch tokens (no copy; prefix tokens left out)."""
+        start = self.patch_start(tokens)
+        return tokens[:, start:].transpose(1, 2).unflatten(2, (self.height, self.width))
+
+    def to_tokens(self, feature_map: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` patch map back into the layout of ``tokens (B, N, C)``, whose prefix tokens are
+        kept unchanged (the same values, in front)."""
+        start = self.patch_start(tokens)
+        patches = feature_map.flatten(2).transpose(1, 2)
+        return torch.cat([tokens[:, :start], patches], dim=1) if start else patches
+
+
+def token_grid(model: nn.Module) -> TokenGrid | None:
+    """The :class:`TokenGrid` of a token model (``patch_embed.grid_size`` and ``num_prefix_tokens``, as timm
+    ViT/DeiT models have), ``None`` for other models."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if grid is None or prefix is None:
+        return None
+    height, width = (int(g) for g in grid)
+    return TokenGrid(height, width, int(prefix))
+
+
+def as_feature_map(output: Any, grid: TokenGrid | None) -> Any:
+    """``output`` as a reader sees it: a token sequence ``(B, N, C)`` of a token model becomes its patch map
+    ``(B, C, h, w)`` (a view); anything else is returned as is."""
+    if grid is not None and isinstance(output, torch.Tensor) and output.dim() == 3:
+        return grid.to_map(output)
+    return output
 
 
 class _StopForward(Exception):
@@ -92,9 +153,10 @@ class FeatureTaps:
             taps or ``{tap: int}``; 0-based, ``-1`` = last. ``None`` (default) = a second call is an error.
         clone: store copies of the tapped tensors (guards against later in-place ops), see module docs.
 
-    Use as a context manager or call :meth:`remove`. ``taps(*inputs)`` runs ``model`` and returns
-    ``{tap: tensor}``; running ``model`` directly also records (read :attr:`features`). Calls of a tapped
-    module outside a forward pass of ``model`` are ignored.
+    On a token model a tapped ``(B, N, C)`` sequence is recorded as its ``(B, C, h, w)`` patch map
+    (:func:`as_feature_map`). Use as a context manager or call :meth:`remove`. ``taps(*inputs)`` runs
+    ``model`` and returns ``{tap: tensor}``; running ``model`` directly also records (read
+    :attr:`features`). Calls of a tapped module outside a forward pass of ``model`` are ignored.
     """
 
     def __init__(
@@ -112,6 +174,7 @@ class FeatureTaps:
         self.model = model
         self.stop_after_last = stop_after_last
         self.clone = clone
+        self.grid = token_grid(model)
         self.paths: dict[str, str] = {tap: resolve_tap(model, tap) for tap in taps}
         calls = which_call if isinstance(which_call, Mapping) else dict.fromkeys(self.paths, which_call)
         unknown = set(calls) - set(self.paths)
@@ -173,6 +236,7 @@ class FeatureTaps:
         return hook
 
     def _record(self, path: str, output: Any, copy: bool) -> None:
+        output = as_feature_map(output, self.grid)
         if isinstance(output, torch.Tensor):
             if copy:
                 output = output.clone()

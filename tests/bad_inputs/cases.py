@@ -78,7 +78,9 @@ CASES = [
     Case("teacher-tap-bad-before-teacher", f"run {LETKD2} --out out/tt "
          f"{one_layer('penultimate', 'bogus')}", 1,
          "teacher tap 'bogus'", absent=("out/tt", *EXPENSIVE)),
-    Case("grid-mismatch-before-teacher", f"run {LETKD2} --out out/g {one_layer('intermediate', 'layer1')}", 1,
+    # a patch-3 ViT student has a 10×10 token grid, resnet20's intermediate map is 8×8: no integer ratio
+    Case("grid-mismatch-before-teacher", f"run {LETKD2} --out out/g model.name=vit_pico_p4 "
+         f"model.kwargs.patch_size=3 {one_layer('intermediate', 'intermediate')}", 1,
          "grid mismatch", absent=("out/g", *EXPENSIVE)),
     # --------------------------------------------------------------------------------- data
     Case("train-dataset-missing", f"train {VANILLA} data.name=fashion_mnist data.root=datasets/empty "

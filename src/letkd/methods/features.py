@@ -1,5 +1,6 @@
 """Feature helpers shared by the methods: tap lists as config errors, student taps (with grad), 2×2 pooling
-of teacher maps, and the start-up shape checks that turn a tap mismatch into a clear message.
+of teacher maps, the grid-alignment rule, and the start-up shape checks that turn a tap mismatch into a clear
+message.
 
 Teacher features are read through :class:`letkd.teacher.FrozenTeacher`; taps are resolved by
 :func:`letkd.taps.resolve_tap` and shapes probed by :func:`letkd.taps.probe_shapes` — the helpers here
@@ -137,30 +138,45 @@ def student_features(
         return taps.output, feats
 
 
-def check_same_grid(
+class GridAlignmentError(ConfigError):
+    """A student and a teacher grid that pooling the finer one cannot align (see :func:`aligned_grid`)."""
+
+
+def aligned_grid(
     student_tap: str,
     student_shape: tuple[int, ...],
     teacher_tap: str,
     teacher_shape: tuple[int, ...],
     teacher_pool: bool,
-) -> None:
-    """Raise :class:`ConfigError` unless the student map and the (pooled) teacher map share ``H×W``.
+) -> tuple[int, int]:
+    """The common ``(H, W)`` of a student map and a (pooled) teacher map: the coarser of the two grids.
 
-    Shapes are ``(C, H, W)``; ``teacher_shape`` is taken after the optional 2×2 pooling.
+    The rule: when the grids differ, the finer one is average-pooled to the coarser
+    (:func:`pool_to_grid`), e.g. a 16×16 teacher map for an 8×8 student, or a ViT's 8×8 tokens for a 4×4
+    CNN map. It applies when one grid is finer in both dimensions by an integer factor (each coarse
+    location then averages a whole block); otherwise :class:`GridAlignmentError`. Shapes are
+    ``(C, H, W)``; ``teacher_shape`` is taken after the optional 2×2 ``teacher_pool``.
     """
     if len(student_shape) != 3 or len(teacher_shape) != 3:
         raise ConfigError(
             f"student tap {student_tap!r} {student_shape} and teacher tap {teacher_tap!r} {teacher_shape} "
             "must both be (C, H, W) feature maps"
         )
-    if student_shape[1:] == teacher_shape[1:]:
-        return
-    pooled = " after 2×2 pooling" if teacher_pool else ""
-    msg = (
-        f"grid mismatch: student tap {student_tap!r} gives {student_shape} (C, H, W) but teacher tap "
-        f"{teacher_tap!r} gives {teacher_shape}{pooled}"
-    )
-    exactly_twice = teacher_shape[1] == 2 * student_shape[1] and teacher_shape[2] == 2 * student_shape[2]
-    if not teacher_pool and exactly_twice:
-        msg += "; the teacher grid is exactly 2× the student's: set 'teacher_pool: true' for this layer"
-    raise ConfigError(msg)
+    (sh, sw), (th, tw) = student_shape[1:], teacher_shape[1:]
+    student_finer = sh >= th and sw >= tw and sh % th == 0 and sw % tw == 0
+    teacher_finer = th >= sh and tw >= sw and th % sh == 0 and tw % sw == 0
+    if not (student_finer or teacher_finer):
+        pooled = " after 2×2 pooling" if teacher_pool else ""
+        raise GridAlignmentError(
+            f"grid mismatch: student tap {student_tap!r} gives {student_shape} (C, H, W) but teacher tap "
+            f"{teacher_tap!r} gives {teacher_shape}{pooled}; grids align only when one is an integer "
+            "multiple of the other in both H and W (the finer is average-pooled); choose other taps or sizes"
+        )
+    return (min(sh, th), min(sw, tw))
+
+
+def pool_to_grid(feature: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, C, *grid)`` by adaptive average pooling; unchanged when already on ``grid``."""
+    if tuple(feature.shape[-2:]) == tuple(grid):
+        return feature
+    return F.adaptive_avg_pool2d(feature, tuple(grid))

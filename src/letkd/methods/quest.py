@@ -65,8 +65,9 @@ class QuEST(Distiller):
         targets = self.targets.lazy(images, labels)
         logits, feats = student_features(self.student, self.student_paths, images)
         losses = {"loss_ce": self.params.ce_weight * F.cross_entropy(logits, labels)}
-        for name, layer, path, head, target in zip(
-            self.loss_names, self.params.layers, self.student_paths, self.heads, targets
+        for i, (name, layer, path, head, target) in enumerate(
+            zip(self.loss_names, self.params.layers, self.student_paths, self.heads, targets)
         ):
-            losses[name] = layer.weight * template_kl(head(feats[path]), target)
+            scores = self.targets.scores_on_grid(i, head(feats[path]))  # a finer student grid is pooled
+            losses[name] = layer.weight * template_kl(scores, target)
         return logits, losses

@@ -23,7 +23,7 @@ from torch import nn
 
 from letkd.config import ConfigError
 from letkd.methods.base import MethodParams
-from letkd.methods.features import check_same_grid, pool2x2, resolve_taps, tap_shapes
+from letkd.methods.features import aligned_grid, pool2x2, pool_to_grid, resolve_taps, tap_shapes
 from letkd.supervision.spec import CodebookSpec, Spec, SubclassSpec
 from letkd.teacher import FrozenTeacher
 from letkd.template_loss import CodebookTargets, TableTargets, TemplateTargets
@@ -110,6 +110,11 @@ def loss_names(layers: Sequence[AnyLayer]) -> list[str]:
 class TeacherTargets(nn.Module):
     """Per-layer teacher targets: teacher taps (no grad, early stop) → optional 2×2 pool → supervision.
 
+    Where the grids differ by an integer factor (:func:`~letkd.methods.features.aligned_grid`) the finer side
+    is average-pooled to the coarser grid: the teacher's features before the targets are computed
+    (:meth:`on_grid`, as ``teacher_pool`` does), or the student's scores (:meth:`scores_on_grid`, which the
+    method applies before the loss).
+
     Holds the supervision modules (so they follow ``.to(device)``) and declares the layers' teacher taps on
     the :class:`~letkd.teacher.FrozenTeacher`; built once per run, it checks every layer with a dummy
     forward (see :meth:`check`).
@@ -135,6 +140,7 @@ class TeacherTargets(nn.Module):
         self.teacher_paths = resolve_taps(teacher, [layer.teacher_tap for layer in layers], "teacher")
         self._teacher = [teacher]  # not a submodule: the Distiller owns the teacher
         self._buffers_by_layer: dict[int, torch.Tensor] = {}  # per-layer target buffers, not state
+        self.grids: list[tuple[int, int] | None] = [None] * len(self.layers)  # common grids, set by check()
 
     def check(
         self,
@@ -155,7 +161,9 @@ class TeacherTargets(nn.Module):
         ):
             if layer.teacher_pool:
                 t_shape = (t_shape[0], t_shape[1] // 2, t_shape[2] // 2)
-            check_same_grid(layer.student_tap, s_shape, layer.teacher_tap, t_shape, layer.teacher_pool)
+            self.grids[i] = aligned_grid(
+                layer.student_tap, s_shape, layer.teacher_tap, t_shape, layer.teacher_pool
+            )
             dim = getattr(sup, "dim", None)
             if dim is not None and dim != t_shape[0]:
                 raise ConfigError(
@@ -185,7 +193,8 @@ class TeacherTargets(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        """Targets ``(B, K_i, H_i, W_i)`` per layer for a batch ``images (B, 3, H, W)``, ``labels (B,)``.
+        """Targets ``(B, K_i, H_i, W_i)`` per layer (on the layer's common grid) for a batch
+        ``images (B, 3, H, W)``, ``labels (B,)``.
 
         The targets of each layer are written into a buffer kept from the previous call (same shape and
         device), so a new call overwrites the previous call's targets. A graph still holding them then fails
@@ -194,13 +203,25 @@ class TeacherTargets(nn.Module):
         feats = self._teacher[0].features(images)
         out = []
         for i, (layer, sup, path) in enumerate(zip(self.layers, self.supervision, self.teacher_paths)):
-            f = pool2x2(feats[path]) if layer.teacher_pool else feats[path]
+            f = self.on_grid(i, pool2x2(feats[path]) if layer.teacher_pool else feats[path])
             buffer = self._reusable_buffer(i, f.shape[0] * f.shape[2] * f.shape[3], sup)
             target = sup.targets(f, labels, out=buffer, **layer.target_options())
             # the (B·H·W, K) rows behind the (B, K, H, W) view: next call's buffer
             self._buffers_by_layer[i] = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1])
             out.append(target)
         return out
+
+    def on_grid(self, i: int, features: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s teacher map ``(B, D, H, W)`` on the common grid (pooled where the teacher's is
+        finer)."""
+        grid = self.grids[i]
+        return features if grid is None else pool_to_grid(features, grid)
+
+    def scores_on_grid(self, i: int, scores: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s student scores ``(B, K, h, w)`` on the common grid (pooled where the student's is
+        finer)."""
+        grid = self.grids[i]
+        return scores if grid is None else pool_to_grid(scores, grid)
 
     @torch.no_grad()
     def lazy(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor | TemplateTargets]:
@@ -210,8 +231,8 @@ class TeacherTargets(nn.Module):
         other supervision module."""
         feats = self._teacher[0].features(images)
         out: list[torch.Tensor | TemplateTargets] = []
-        for layer, sup, path in zip(self.layers, self.supervision, self.teacher_paths):
-            f = pool2x2(feats[path]) if layer.teacher_pool else feats[path]
+        for i, (layer, sup, path) in enumerate(zip(self.layers, self.supervision, self.teacher_paths)):
+            f = self.on_grid(i, pool2x2(feats[path]) if layer.teacher_pool else feats[path])
             kind = getattr(sup, "kind", None)
             if kind == "codebook":
                 tau = layer.target_options().get("temperature", sup.temperature)

@@ -1,4 +1,4 @@
-"""Model zoo (RepDistiller CIFAR names, ``torchvision:<name>``, ``timm:<name>``), tap tables, checkpoints.
+"""Model zoo (RepDistiller CIFAR names, small ViTs, ``torchvision:``/``timm:<name>``), taps, checkpoints.
 
 Tap names resolve to module paths with :func:`letkd.taps.resolve_tap`."""
 
@@ -12,6 +12,7 @@ from letkd.models import (  # noqa: F401
     shufflenetv1,
     shufflenetv2,
     vgg,
+    vit,
     wrn,
 )
 from letkd.models.registry import UnknownModelError, create_model, list_models, register_model

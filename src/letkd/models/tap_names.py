@@ -31,6 +31,8 @@ def get_taps(model: nn.Module) -> dict[str, str]:
     taps = getattr(model, "taps", None)
     if isinstance(taps, dict):
         return dict(taps)
+    if _is_token_model(model):
+        return token_model_taps(model)
     if _has_sequential(model, "layer4"):
         return _resnet_like_taps(model)
     if hasattr(model, "feature_info") and hasattr(model, "default_cfg"):
@@ -88,6 +90,38 @@ def preact_batchnorms(model: nn.Module) -> list[str]:
 
 def _has_sequential(model: nn.Module, name: str) -> bool:
     return isinstance(getattr(model, name, None), nn.Sequential) and len(getattr(model, name)) > 0
+
+
+def _is_token_model(model: nn.Module) -> bool:
+    """timm's ViT family (ViT, DeiT, …): ``patch_embed`` + ``num_prefix_tokens`` + a ``blocks`` sequence."""
+    blocks = getattr(model, "blocks", None)
+    return (
+        hasattr(model, "patch_embed")
+        and hasattr(model, "num_prefix_tokens")
+        and isinstance(blocks, (nn.Sequential, nn.ModuleList))
+        and len(blocks) > 0
+    )
+
+
+def token_model_taps(model: nn.Module) -> dict[str, str]:
+    """Taps of a plain (non-hierarchical) vision transformer with ``depth`` blocks ``blocks.0…``.
+
+    Every block keeps the same grid, so "stages" are thirds of the depth: ``stage{i}`` = the last block of
+    third ``i`` (``blocks.{i·depth//3 − 1}``, three stages like the CIFAR CNNs), ``intermediate`` = the first
+    block of the last third (``blocks.{2·depth//3}``), ``penultimate`` = the last block (its patch tokens
+    are what an average-pooling head pools), ``stem`` = ``patch_embed``, ``classifier`` = ``head``.
+    Readers see the blocks' ``(B, N, C)`` token outputs as ``(B, C, h, w)`` maps (:mod:`letkd.taps`).
+    """
+    depth = len(model.blocks)
+    taps = {"stem": "patch_embed"}
+    stages = sorted({max(i * depth // 3 - 1, 0) for i in (1, 2, 3)})
+    for i, block in enumerate(stages, start=1):
+        taps[f"stage{i}"] = f"blocks.{block}"
+    taps["intermediate"] = f"blocks.{min(2 * depth // 3, depth - 1)}"
+    taps["penultimate"] = f"blocks.{depth - 1}"
+    if isinstance(getattr(model, "head", None), nn.Linear):
+        taps["classifier"] = "head"
+    return taps
 
 
 def _resnet_like_taps(model: nn.Module) -> dict[str, str]:
