@@ -132,9 +132,11 @@ def method_specs(generator: torch.Generator) -> dict[str, tuple[str, dict[str, A
     # the usual zoo with its defaults (RepDistiller / SimKD); ab and fsp are timed in their init stage
     # (epoch 0: the feature loss alone; their main stage is a vanilla step)
     specs.update({name: (name, {}, None) for name in NEW_BASELINES})
-    # ReviewKD, OFD, DIST with their defaults; LSKD = KD on standardized logits (its authors' T 2, weight 9)
+    # ReviewKD, OFD, DIST with their defaults; LSKD = KD (its authors' T 2, weight 9) and DKD on
+    # standardized logits
     specs.update({name: (name, {}, None) for name in MODERN_BASELINES})
     specs["lskd"] = ("kd", {"logit_stand": True, "temperature": 2.0, "kd_weight": 9.0}, None)
+    specs["dkd_ls"] = ("dkd", {"beta": 2.0, "logit_stand": True}, None)  # DKD on standardized logits
     for label in COMPILED_TEACHER:
         specs[label] = specs[label.removesuffix("_tc")]
     return specs

@@ -12,7 +12,7 @@ template scores are trained with a KL loss towards the teacher's per-location ta
 Defaults (SPEC §4, §7): ``alpha 1`` (RN50→MNV2 on CIFAR-100: 0.2 intermediate, 0.1 penultimate),
 ``weight 1`` per layer, ``ce_weight 1``; heterogeneous pairs set ``teacher_pool: true`` so the teacher grid
 matches the student's. Other grids that differ by an integer factor are aligned by average-pooling the finer
-side (teacher targets or student scores, :func:`letkd.methods.features.aligned_grid`). On ResNet8x4 the
+side (teacher features or student scores, :func:`letkd.methods.features.aligned_grid`). On ResNet8x4 the
 intermediate tap
 ``layer3.0`` *is* all of ``layer3``: the two KD layers then run back to back (SPEC Q8).
 """
