@@ -118,6 +118,8 @@ SWEEP_CASES = [
     SweepCase("S8a", "report sweeps/s8 --out out/s8a", 0, warning="no summary.json (unfinished run",
               stdout="1 run in 1 group"),
     SweepCase("S8b", "report sweeps/s8 --include-unfinished --out out/s8b", 0, stdout="| 1/3 |"),
+    SweepCase("S8b-pairs", "report sweeps/s8 --layout pairs --include-unfinished --out out/s8bp", 0,
+              stdout="(unfinished: epochs 1/3)"),
     SweepCase("S8d", f"run {KD} teacher.train_config=null teacher.name=resnet8 "
               "teacher.checkpoint=runs/done/last.pt data.name=fashion_mnist data.root=datasets/fm_ok "
               "--out out/s8d {fast} data.batch_size=2 data.train_subset=null data.test_subset=null "

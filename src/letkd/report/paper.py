@@ -116,6 +116,8 @@ def _build(
         row = results.methods.get(group.label, group.label)
         if group.recipe and group.recipe != published_recipe(group.label, dataset):
             row = f"{row} [{group.recipe} recipe]"  # not the recipe of the published row: a row of its own
+        if group.unfinished:  # --include-unfinished: never in the cell of finished runs
+            row = f"{row} (unfinished: epochs {group.epochs})"
         for column in _columns_of(group, columns, results.models):
             if column not in columns:
                 columns.append(column)
