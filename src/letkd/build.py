@@ -212,8 +212,9 @@ def input_size_of(dataset: Dataset) -> tuple[int, ...]:
 def check_run(cfg: RunConfig, params: MethodParams, num_classes: int) -> None:
     """Cheap checks before the first expensive stage (teacher training or evaluation, supervision fits):
     the student and the teacher build (untrained, on the CPU), the taps of ``params`` resolve on them and the
-    paired feature grids fit, at the dataset's input size. Raises :class:`ConfigError` (or the model
-    registry's error) naming what is wrong. The global random state is left untouched.
+    paired feature grids fit, at the dataset's input size; the supervision caps leave each fit enough rows.
+    Raises :class:`ConfigError` (or the model registry's error) naming what is wrong. The global random
+    state is left untouched.
     """
     from letkd.data import dataset_info
     from letkd.methods.features import aligned_grid, resolve_taps, tap_shapes
@@ -239,6 +240,27 @@ def check_run(cfg: RunConfig, params: MethodParams, num_classes: int) -> None:
                 t_shape = (t_shape[0], t_shape[1] // 2, t_shape[2] // 2)
             aligned_grid(student_taps[0], s_shape, teacher_taps[0], t_shape, pool)
         _check_template_memory(cfg, params, teacher, input_size, num_classes)
+    _check_sample_caps(cfg, params)
+
+
+def _check_sample_caps(cfg: RunConfig, params: MethodParams) -> None:
+    """Caps of the supervision samples that no fit can use, refused before the teacher pass: a codebook of
+    K templates needs at least K rows (``supervision.max_rows``), a class at least ``subclasses_per_class``
+    rows (``supervision.rows_per_class``)."""
+    sup = cfg.supervision
+    for spec in get_method(cfg.method.name).supervision_specs(params):
+        if spec.kind == "codebook" and sup.max_rows is not None and sup.max_rows < spec.num_templates:
+            raise ConfigError(
+                f"supervision.max_rows {sup.max_rows:,} is fewer than the {spec.num_templates:,} templates "
+                f"of the codebook at teacher tap {spec.teacher_tap!r}: K-means needs at least one row per "
+                "template (faiss warns below 39); raise max_rows or lower num_templates"
+            )
+        cap, per_class = sup.rows_per_class, getattr(spec, "subclasses_per_class", None)
+        if spec.kind == "subclass" and cap is not None and per_class is not None and cap < per_class:
+            raise ConfigError(
+                f"supervision.rows_per_class {cap:,} is fewer than the {per_class} sub-classes per class at "
+                f"teacher tap {spec.teacher_tap!r}: raise rows_per_class or lower subclasses_per_class"
+            )
 
 
 def _check_template_memory(

@@ -176,7 +176,10 @@ ROWS = [
     Row("F4", f"{FIT} supervision.max_rows=0", 1, "supervision.max_rows: Input should be greater than or equal to 1"),
     Row("F5", f"{FIT} supervision.max_rows=-1", 1, "supervision.max_rows"),
     Row("F6", f"{FIT} supervision.max_rows=1 supervision.cache_dir=out/f6", 1,
-        "asks for K=32 templates but the row sample holds only 1 feature rows"),  # the sample is max_rows
+        "supervision.max_rows 1 is fewer than the 32 templates", absent=("out/f6",)),  # before the pass
+    Row("F6-per-class", f"{FIT.replace('letkd1', 'letkd2')} supervision.rows_per_class=1 "
+        "supervision.cache_dir=out/f6b", 1, "supervision.rows_per_class 1 is fewer than the 2 sub-classes",
+        absent=("out/f6b",)),
     Row("F7", f"{FIT} supervision.kmeans_iters=0", 1, "supervision.kmeans_iters"),
     Row("F8", f"{FIT} supervision.extract_batch_size=100000000 supervision.cache_dir=out/f8", 0, "",
         stdout="K=32"),
