@@ -176,3 +176,35 @@ def test_command_writes_pairs_markdown_and_csv(runs, tmp_path, capsys):
     assert cell["pair"] == "RN56→RN20" and cell["n"] == "3" and cell["seeds"] == "0;1;2"
     assert float(cell["mean"]) == pytest.approx(mean) and float(cell["std"]) == pytest.approx(std)
     assert float(cell["paper"]) == 73.27 and float(cell["diff"]) == pytest.approx(mean - 73.27)
+
+
+def test_a_student_run_named_after_another_pair_does_not_take_the_student_cell(tmp_path):
+    """Probe row S8c: the vanilla runs of the pair keep the Student cell; a run whose name spells another
+    pair (another student) gets a row of its own, whatever the names' sort order."""
+    base = tmp_path / "runs"
+    make_run(base, "zz-pair-vanilla", 0, [60.0, 64.0], method="vanilla", params={}, teacher=None,
+             teacher_top1=None, student="resnet8")  # fmt: skip
+    make_run(base, "zz-pair-vanilla", 1, [61.0, 63.0], method="vanilla", params={}, teacher=None,
+             teacher_top1=None, student="resnet8")  # fmt: skip
+    make_run(base, "aa-resnet56_resnet20-vanilla", 0, [20.0, 26.0], method="vanilla", params={},
+             teacher=None, teacher_top1=None, student="resnet8")  # fmt: skip
+    make_run(base, "zz-pair-kd", 0, [50.0, 65.0], method="kd", params={}, teacher="resnet20",
+             student="resnet8", teacher_top1=70.0)  # fmt: skip
+    best = paper_tables(collect_runs([base]))[0]
+    (column,) = best.columns
+    student = best.cell("Student", column)
+    assert (student.n, student.mean) == (2, 63.5)  # the pair's own two seeds (best 64 and 63)
+    assert [r for r in best.rows if r.startswith("Student (")] == ["Student (aa-resnet56_resnet20-vanilla)"]
+
+
+def test_a_pair_name_is_read_whole():
+    from types import SimpleNamespace
+
+    from letkd.report.paper import _spells_another_pair
+
+    models = load_paper_results().models
+    alone = SimpleNamespace(teacher=None, student="resnet8x4", config="cifar100-resnet32x4_resnet8x4-vanilla")
+    assert not _spells_another_pair(alone, models)  # resnet8x4 is not read as resnet8
+    alone.student = "resnet8"
+    assert _spells_another_pair(alone, models)  # a resnet8 run named after the resnet32x4→resnet8x4 pair
+    assert not _spells_another_pair(SimpleNamespace(teacher="resnet56", student="x", config="a_b"), models)

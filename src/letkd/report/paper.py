@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,19 @@ def _columns_of(group: GroupRow, known: list[str], models: dict[str, str]) -> li
     return named or same_student or [student]
 
 
+def _spells_another_pair(group: GroupRow, models: dict[str, str]) -> bool:
+    """Whether a run of the student alone has a config name that spells a teacher→student pair whose student
+    is another model (``cifar100-resnet56_resnet20-vanilla`` for a resnet8 run)."""
+    if group.teacher:
+        return False
+    return any(
+        re.search(rf"(?<![A-Za-z0-9]){re.escape(t)}_{re.escape(s)}(?![A-Za-z0-9])", group.config)
+        for t in models
+        for s in models
+        if s != group.student and t in group.config
+    )
+
+
 def _fill(cell: PaperCell, values: Sequence[tuple[int, float]], config: str) -> None:
     cell.n, cell.seeds = len(values), [s for s, _ in values]
     numbers = [v for _, v in values]
@@ -107,8 +121,9 @@ def _build(
     cells: dict[tuple[str, str], PaperCell] = {}
     used: set[str] = set()
     teacher_values: dict[str, list[tuple[int, float]]] = {}
-    # runs with a teacher first: they name the pairs that runs of the student alone are matched to
-    for group in sorted(groups, key=lambda g: g.teacher is None):
+    # runs with a teacher first: they name the pairs that runs of the student alone are matched to; of the
+    # latter, those whose config name spells a pair of another student come last (they never take a cell)
+    for group in sorted(groups, key=lambda g: (g.teacher is None, _spells_another_pair(g, results.models))):
         records = [by_path[p] for p in group.runs]
         values = [(r.seed, v) for r in records if (v := _value(r, metric, epoch)) is not None]
         if not values:
