@@ -199,6 +199,16 @@ def test_runs_differing_in_more_than_seed_are_separate_groups(tmp_path):
     assert "| method | lr | n |" in to_markdown(rows)  # the setting that differs is a column
 
 
+def test_runs_that_differ_only_in_where_plugins_come_from_are_one_group(tmp_path):
+    base = tmp_path / "runs"
+    make_run(base, "digits-a", 0, [50.0, 60.0], params=LETKD1)
+    other = make_run(base, "digits-a", 1, [50.0, 62.0], params=LETKD1)
+    with open(other / "config.yaml", "a") as fh:
+        fh.write("imports:\n- my_kd\n")  # the same run, with its method's module named in the config
+    (row,) = summarize(collect_runs([base]))
+    assert row.n == 2
+
+
 def test_bad_runs_are_skipped_with_reasons(runs):
     base, _ = runs
     make_run(base, "unfinished", 0, [10.0, 20.0], summary=False)

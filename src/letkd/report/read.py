@@ -24,6 +24,7 @@ from letkd.engine.rundir import CONFIG, METRICS, SUMMARY, lock_holder
 IGNORED_KEYS = (
     ("name",),
     ("seed",),
+    ("imports",),
     ("data", "root"),
     ("data", "num_workers"),
     ("model", "checkpoint"),
