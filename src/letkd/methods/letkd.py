@@ -114,6 +114,6 @@ class LetKD(Distiller):
         for i, (name, layer, handle, target) in enumerate(
             zip(self.loss_names, self.params.layers, self.handles, targets)
         ):
-            scores = self.targets.scores_on_grid(i, handle.scores)  # a finer student grid is pooled
+            scores = self.targets.on_grid(i, handle.scores)  # a finer student grid is pooled
             losses[name] = layer.weight * template_kl(scores, target)
         return logits, losses

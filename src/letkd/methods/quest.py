@@ -68,6 +68,6 @@ class QuEST(Distiller):
         for i, (name, layer, path, head, target) in enumerate(
             zip(self.loss_names, self.params.layers, self.student_paths, self.heads, targets)
         ):
-            scores = self.targets.scores_on_grid(i, head(feats[path]))  # a finer student grid is pooled
+            scores = self.targets.on_grid(i, head(feats[path]))  # a finer student grid is pooled
             losses[name] = layer.weight * template_kl(scores, target)
         return logits, losses

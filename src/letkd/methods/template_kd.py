@@ -111,9 +111,9 @@ class TeacherTargets(nn.Module):
     """Per-layer teacher targets: teacher taps (no grad, early stop) → optional 2×2 pool → supervision.
 
     Where the grids differ by an integer factor (:func:`~letkd.methods.features.aligned_grid`) the finer side
-    is average-pooled to the coarser grid: the teacher's features before the targets are computed
-    (:meth:`on_grid`, as ``teacher_pool`` does), or the student's scores (:meth:`scores_on_grid`, which the
-    method applies before the loss).
+    is average-pooled to the coarser grid (:meth:`on_grid`): the teacher's features before the targets are
+    computed (as ``teacher_pool`` does), or the student's scores, which the method passes through
+    :meth:`on_grid` before the loss.
 
     Holds the supervision modules (so they follow ``.to(device)``) and declares the layers' teacher taps on
     the :class:`~letkd.teacher.FrozenTeacher`; built once per run, it checks every layer with a dummy
@@ -202,8 +202,8 @@ class TeacherTargets(nn.Module):
         """
         feats = self._teacher[0].features(images)
         out = []
-        for i, (layer, sup, path) in enumerate(zip(self.layers, self.supervision, self.teacher_paths)):
-            f = self.on_grid(i, pool2x2(feats[path]) if layer.teacher_pool else feats[path])
+        for i, (layer, sup) in enumerate(zip(self.layers, self.supervision)):
+            f = self._teacher_map(i, feats)
             buffer = self._reusable_buffer(i, f.shape[0] * f.shape[2] * f.shape[3], sup)
             target = sup.targets(f, labels, out=buffer, **layer.target_options())
             # the (B·H·W, K) rows behind the (B, K, H, W) view: next call's buffer
@@ -211,17 +211,17 @@ class TeacherTargets(nn.Module):
             out.append(target)
         return out
 
-    def on_grid(self, i: int, features: torch.Tensor) -> torch.Tensor:
-        """Layer ``i``'s teacher map ``(B, D, H, W)`` on the common grid (pooled where the teacher's is
-        finer)."""
+    def on_grid(self, i: int, maps: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s teacher features ``(B, D, H, W)`` or student scores ``(B, K, h, w)`` on the layer's
+        common grid: the finer side average-pooled, the coarser one unchanged."""
         grid = self.grids[i]
-        return features if grid is None else pool_to_grid(features, grid)
+        return maps if grid is None else pool_to_grid(maps, grid)
 
-    def scores_on_grid(self, i: int, scores: torch.Tensor) -> torch.Tensor:
-        """Layer ``i``'s student scores ``(B, K, h, w)`` on the common grid (pooled where the student's is
-        finer)."""
-        grid = self.grids[i]
-        return scores if grid is None else pool_to_grid(scores, grid)
+    def _teacher_map(self, i: int, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Layer ``i``'s teacher map from the tapped ``feats``: 2×2-pooled with ``teacher_pool``, then on
+        the common grid."""
+        f = feats[self.teacher_paths[i]]
+        return self.on_grid(i, pool2x2(f) if self.layers[i].teacher_pool else f)
 
     @torch.no_grad()
     def lazy(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor | TemplateTargets]:
@@ -231,8 +231,8 @@ class TeacherTargets(nn.Module):
         other supervision module."""
         feats = self._teacher[0].features(images)
         out: list[torch.Tensor | TemplateTargets] = []
-        for i, (layer, sup, path) in enumerate(zip(self.layers, self.supervision, self.teacher_paths)):
-            f = self.on_grid(i, pool2x2(feats[path]) if layer.teacher_pool else feats[path])
+        for i, (layer, sup) in enumerate(zip(self.layers, self.supervision)):
+            f = self._teacher_map(i, feats)
             kind = getattr(sup, "kind", None)
             if kind == "codebook":
                 tau = layer.target_options().get("temperature", sup.temperature)
