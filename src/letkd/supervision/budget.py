@@ -75,7 +75,8 @@ def folder_need(
     cap_name = " and ".join(caps)
     sample_bytes = dim * np.dtype(request.dtype).itemsize
     unit = 0 if len(caps) != 1 else (classes if caps[0].endswith("rows_per_class") else 1)
-    batch_ram = batch_size * h * w * dim * 16  # float32 map, float64 copy for statistics
+    # float32 map and float64 copy for statistics; a batch never holds more than the dataset
+    batch_ram = min(batch_size, num_images) * h * w * dim * 16
     if request.keeps_all(total):
         kept, row_bytes, pool = total, dim * 4 + 8, 0
     else:

@@ -178,9 +178,10 @@ def _plan(
     shapes = feature_shapes(teacher, dataset, [f.request.source for f in missing], device)
     num_images = len(dataset)  # type: ignore[arg-type]
     kmeans_rows = kmeans_training_rows([s for f in missing for s in f.specs], sup_cfg)
-    batch = min(sup_cfg.extract_batch_size, num_images)  # a batch never holds more than the dataset
     needs = [
-        folder_need(f.request, shapes[f.request.source], num_images, f.specs, batch, kmeans_rows)
+        folder_need(
+            f.request, shapes[f.request.source], num_images, f.specs, sup_cfg.extract_batch_size, kmeans_rows
+        )
         for f in missing
     ]
     try:
