@@ -28,13 +28,14 @@ from letkd.graft import (
     GRAFT_NAME,
     GraftError,
     GraftHandle,
+    apply_on_patches,
     graft,
     graft_points,
     grafts,
     ungraft,
 )
 from letkd.layers import KDLayer, TemplateHead
-from letkd.taps import TokenGrid, as_feature_map, token_grid
+from letkd.taps import TokenGrid, token_grid
 from letkd.utils import atomic_write_bytes, file_mode
 
 #: ``kind`` of a graft spec entry → the module class it rebuilds (its ``graft_spec()`` gives the kwargs)
@@ -183,10 +184,13 @@ class BakedGraft(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The base module's output ``(B, C, H, W)`` (or ``(B, N, C)`` tokens) transformed by the graft."""
         out = self.base(*args, **kwargs)
-        feature_map = as_feature_map(out, self.grid)
+        x_hat, _ = apply_on_patches(self._x_hat_and_scores, out, self.grid)
+        return out if x_hat is None else x_hat
+
+    def _x_hat_and_scores(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The graft's ``(x_hat, scores)``; an inference form returns ``x_hat`` alone."""
         result = self.graft(feature_map)
-        x_hat = result[0] if isinstance(result, (tuple, list)) else result  # an inference form: x_hat alone
-        return x_hat if feature_map is out else self.grid.to_tokens(x_hat, out)  # type: ignore[union-attr]
+        return result if isinstance(result, (tuple, list)) else (result, None)
 
 
 #: the forms :func:`bake` can give a grafted module

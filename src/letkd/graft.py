@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -49,7 +49,7 @@ class GraftError(RuntimeError):
 
 
 def apply_on_patches(
-    module: nn.Module, output: torch.Tensor, grid: TokenGrid | None
+    module: Callable[[torch.Tensor], Any], output: torch.Tensor, grid: TokenGrid | None
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Run a graft ``module`` on a target's ``output``; ``(new output or None if unchanged, scores)``.
 
